@@ -1,0 +1,74 @@
+"""The one exception hierarchy of the engine.
+
+Library code raises these; only the CLI turns them into messages and exit codes
+(see ``EXIT_CODES`` in :mod:`searchengine.cli`).
+
+    SearchEngineError
+    ├── ConfigError            bad settings or arguments
+    ├── ModelError
+    │   ├── ModelLoadError     weights cannot be obtained or loaded
+    │   └── ModelMismatchError the collection was built with another model
+    ├── StoreError
+    │   └── CollectionNotFoundError
+    ├── VectorIndexError       faiss index cannot be built, trained, loaded or saved
+    ├── ImageDecodeError       one file cannot be decoded safely (a per-file error)
+    └── QueryError             a query that cannot be run (empty text, unreadable image)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "SearchEngineError",
+    "ConfigError",
+    "ModelError",
+    "ModelLoadError",
+    "ModelMismatchError",
+    "StoreError",
+    "CollectionNotFoundError",
+    "VectorIndexError",
+    "ImageDecodeError",
+    "QueryError",
+]
+
+
+class SearchEngineError(Exception):
+    """Base class of every error the engine raises on purpose."""
+
+
+class ConfigError(SearchEngineError):
+    """Invalid settings, model spec or argument."""
+
+
+class ModelError(SearchEngineError):
+    """A model problem."""
+
+
+class ModelLoadError(ModelError):
+    """The model's weights cannot be obtained or loaded."""
+
+
+class ModelMismatchError(ModelError):
+    """A collection is queried or extended with a model other than the one that built it."""
+
+
+class StoreError(SearchEngineError):
+    """The metadata store cannot be opened, migrated or written."""
+
+
+class CollectionNotFoundError(StoreError):
+    """The named collection does not exist."""
+
+
+class VectorIndexError(SearchEngineError):
+    """The vector index cannot be built, trained, loaded or saved."""
+
+
+class ImageDecodeError(SearchEngineError):
+    """A file cannot be decoded as an image within the safety limits.
+
+    Raised per file; the indexer records it and goes on.
+    """
+
+
+class QueryError(SearchEngineError):
+    """A query that cannot be run."""
