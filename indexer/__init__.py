@@ -1,0 +1,91 @@
+"""Ingestion: scan folders, diff against the store, decode in workers, encode in batches, write.
+
+    >>> from indexer import index_folder
+    >>> report = index_folder(["~/Photos"], collection="default")
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Iterable, Protocol
+
+from searchengine.engine import SearchEngine
+from searchengine.imaging import image_extensions
+from searchengine.store import FileErrorRecord
+
+from .diff import Plan, plan
+from .pipeline import DecodeOptions, decode_all, iter_batches
+from .scan import ScanResult, scan
+from .writer import IndexReport, Writer
+
+__all__ = ["index_folder", "IndexReport", "Progress", "scan", "plan"]
+
+
+class Progress(Protocol):
+    """What the indexer reports progress to (the CLI passes a tqdm bar)."""
+
+    def start(self, total: int) -> None: ...
+    def advance(self, n: int) -> None: ...
+    def close(self) -> None: ...
+
+
+def index_folder(paths: Iterable[str | os.PathLike] | str | os.PathLike, *, engine: SearchEngine | None = None,
+                 collection: str | None = None, model: str | None = None, retry_errors: bool = False,
+                 progress: Progress | None = None, **open_kwargs: object) -> IndexReport:
+    """Index (or re-index) one or more folders into a collection, incrementally.
+
+    Unchanged files are skipped without decoding, changed ones re-encoded, moved ones keep
+    their id, vanished ones are removed, identical content is encoded once, and unreadable
+    files become recorded errors. Pass an open ``engine``, or the arguments of
+    :meth:`SearchEngine.open` (the collection is created when missing).
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    own = engine is None
+    if engine is None:
+        engine = SearchEngine.open(collection, model=model, create=True, writable=True, **open_kwargs)  # type: ignore[arg-type]
+    try:
+        return _run(engine, list(paths), retry_errors, progress)
+    finally:
+        if own:
+            engine.close()
+
+
+def _run(engine: SearchEngine, paths: list, retry_errors: bool, progress: Progress | None) -> IndexReport:
+    started = time.perf_counter()
+    report = IndexReport()
+    store, cid = engine.store, engine.collection.id
+    scanned: ScanResult = scan(paths, image_extensions())
+    work: Plan = plan(scanned, store.images_under(cid, scanned.roots), store.file_errors(cid, scanned.roots),
+                      retry_errors=retry_errors)
+    report.unchanged, report.known_failures = work.unchanged, work.known_failures
+    writer = Writer(engine, work, report)
+    if scanned.errors:
+        now = time.time()
+        errs = [FileErrorRecord(p, msg, 0, 0.0, now) for p, msg in scanned.errors]
+        store.write_batch(cid, errors=errs)
+        report.failed += len(errs)
+        report.errors.extend(errs)
+    if progress is not None:
+        progress.start(len(work.candidates))
+    try:
+        if work.candidates:
+            encoder = engine.encoder
+            options = DecodeOptions(pil_stage=encoder.pil_stage, known_hashes=frozenset(writer.hash_to_id),
+                                    max_pixels=engine.settings.max_pixels, draft_size=encoder.image_size)
+            decoded = decode_all(work.candidates, options, engine.settings.decode_workers())
+            for batch in iter_batches(decoded, engine.settings.batch_size):
+                writer.write(batch)
+                if progress is not None:
+                    progress.advance(len(batch))
+        writer.finish(work.stale_errors)
+    except BaseException:
+        if writer.wrote:
+            writer.save()  # committed batches stay; the index is reconciled on the next open anyway
+        raise
+    finally:
+        if progress is not None:
+            progress.close()
+    report.seconds = time.perf_counter() - started
+    return report

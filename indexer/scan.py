@@ -1,0 +1,119 @@
+"""Scan folders for image files: regular files with an image extension, recursively.
+
+Symlinked folders are followed, but each real folder is visited once, so a symlink loop
+ends. Hidden folders (``.thumbnails``, ``.git``...) are skipped. Folders that cannot be
+read and file names that are not valid UTF-8 become scan errors, never a crash.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from searchengine.errors import ConfigError
+
+__all__ = ["FileEntry", "ScanResult", "scan", "normalize_roots"]
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    size: int
+    mtime: float
+
+
+@dataclass
+class ScanResult:
+    roots: list[str]
+    files: list[FileEntry] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (path, message)
+
+
+def normalize_roots(roots: Iterable[str | os.PathLike]) -> list[str]:
+    """Absolute, normalised, existing roots, without duplicates or roots inside other roots."""
+    out: list[str] = []
+    for root in roots:
+        path = os.path.abspath(os.path.expanduser(os.fspath(root)))
+        if not os.path.exists(path):
+            raise ConfigError(f"no such file or folder: {path}")
+        out.append(path)
+    out = sorted(set(out))
+    return [r for r in out if not any(r != o and r.startswith(o.rstrip("/") + "/") for o in out)]
+
+
+def _displayable(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _escaped(path: str) -> str:
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def scan(roots: Iterable[str | os.PathLike], extensions: frozenset[str] | set[str]) -> ScanResult:
+    """All image files below ``roots`` (a root may also be a single file), sorted by path."""
+    result = ScanResult(roots=normalize_roots(roots))
+    seen_dirs: set[tuple[int, int]] = set()
+    found: dict[str, FileEntry] = {}
+    for root in result.roots:
+        if os.path.isdir(root):
+            _walk(root, extensions, seen_dirs, found, result.errors)
+        else:
+            _add_file(root, extensions, found, result.errors, explicit=True)
+    result.files = [found[p] for p in sorted(found)]
+    return result
+
+
+def _walk(top: str, extensions, seen_dirs, found, errors) -> None:
+    stack = [top]
+    while stack:
+        folder = stack.pop()
+        try:
+            st = os.stat(folder)
+        except OSError as exc:
+            errors.append((_escaped(folder), f"cannot read folder: {exc.strerror or exc}"))
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key in seen_dirs:
+            continue
+        seen_dirs.add(key)
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError as exc:
+            errors.append((_escaped(folder), f"cannot read folder: {exc.strerror or exc}"))
+            continue
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if not entry.name.startswith("."):
+                    stack.append(entry.path)
+                continue
+            _add_file(entry.path, extensions, found, errors)
+
+
+def _add_file(path: str, extensions, found, errors, explicit: bool = False) -> None:
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in extensions:
+        if explicit:
+            errors.append((_escaped(path), f"not an image file extension ({ext or 'none'})"))
+        return
+    if not _displayable(path):
+        errors.append((_escaped(path), "file name is not valid UTF-8; rename the file to index it"))
+        return
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        errors.append((path, f"cannot stat file: {exc.strerror or exc}"))
+        return
+    if not stat.S_ISREG(st.st_mode):
+        return  # FIFOs, sockets, devices: never opened
+    found[path] = FileEntry(path=path, size=int(st.st_size), mtime=float(st.st_mtime))

@@ -1,0 +1,246 @@
+"""The ``searchengine`` command line: a thin typer layer over the library.
+
+Only this module turns library errors into messages and exit codes (``EXIT_CODES``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Iterator, Optional
+
+import typer
+
+from . import __version__
+from .errors import (
+    CollectionNotFoundError, ConfigError, ModelLoadError, ModelMismatchError, QueryError, SearchEngineError,
+)
+
+app = typer.Typer(
+    name="searchengine",
+    help="Semantic image search: index photo folders with CLIP and search them by text or by image.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+#: Exit codes by error class (the first match in order wins); 130 after Ctrl-C.
+EXIT_CODES: list[tuple[type[SearchEngineError], int]] = [
+    (ConfigError, 2),
+    (CollectionNotFoundError, 3),
+    (ModelLoadError, 4),
+    (ModelMismatchError, 5),
+    (QueryError, 6),
+    (SearchEngineError, 1),
+]
+
+Collection = Annotated[str, typer.Option("--collection", "-c", envvar="SEARCHENGINE_COLLECTION",
+                                         help="Collection name.")]
+DataDir = Annotated[Optional[Path], typer.Option("--data-dir", envvar="SEARCHENGINE_HOME", show_default=False,
+                                                 help="Data directory [default: $XDG_DATA_HOME/searchengine].")]
+Db = Annotated[Optional[str], typer.Option("--db", envvar="SEARCHENGINE_DB", show_default=False,
+                                           help="SQLAlchemy database URL [default: SQLite in the data directory].")]
+Device = Annotated[str, typer.Option("--device", envvar="SEARCHENGINE_DEVICE",
+                                     help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps.")]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")]
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"Error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Turn library errors and Ctrl-C into one-line messages and exit codes."""
+    try:
+        yield
+    except SearchEngineError as exc:
+        code = next(c for cls, c in EXIT_CODES if isinstance(exc, cls))
+        _fail(str(exc), code)
+    except KeyboardInterrupt:
+        typer.echo("\nInterrupted. Everything written so far is kept; run the command again to finish.", err=True)
+        raise typer.Exit(130)
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _open(collection: str, data_dir: Optional[Path], db: Optional[str], device: str, **kw: object):
+    from .engine import SearchEngine
+
+    return SearchEngine.open(collection, data_dir=data_dir, db=db, device=device, **kw)  # type: ignore[arg-type]
+
+
+def _echo_json(obj: object) -> None:
+    typer.echo(json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+class _Bar:
+    """tqdm progress for the indexer: images/s and ETA on stderr."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar = None
+
+    def start(self, total: int) -> None:
+        if self.enabled and total:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="img", desc="Indexing", dynamic_ncols=True, file=sys.stderr)
+
+    def advance(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@app.command()
+def index(
+    paths: Annotated[list[Path], typer.Argument(help="Folders (searched recursively) or image files.", show_default=False)],
+    collection: Collection = "default",
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", envvar="SEARCHENGINE_MODEL", show_default=False,
+        help="Model for a NEW collection: ARCH:TAG, ARCH:/path/weights, hf-hub:org/repo or local-dir:/path "
+             "[default: ViT-B-32:laion2b_s34b_b79k]. An existing collection keeps its model.")] = None,
+    index_factory: Annotated[Optional[str], typer.Option(
+        "--index-factory", show_default=False,
+        help="faiss factory string for a new collection, e.g. Flat, HNSW32, IVF1024,Flat [default: Flat].")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, show_default=False,
+                                                      help="Images per model batch [default: 32].")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=0, show_default=False,
+                                                   help="Decode processes; 0 decodes in the main process "
+                                                        "[default: from the core count].")] = None,
+    retry_errors: Annotated[bool, typer.Option("--retry-errors", help="Retry files that failed before even if unchanged.")] = False,
+    data_dir: DataDir = None, db: Db = None, device: Device = "auto",
+    json_out: Json = False, verbose: Verbose = False,
+) -> None:
+    """Index folders into a collection: recursive and incremental (unchanged files are skipped,
+    moved files keep their id, vanished files are removed; unreadable files are recorded as errors)."""
+    _logging(verbose)
+    from .config import Settings
+
+    with _errors():
+        settings = Settings.from_env(collection=collection, data_dir=data_dir, db_url=db, model=model, device=device,
+                                     index_factory=index_factory, batch_size=batch_size, workers=workers)
+        from indexer import index_folder
+
+        from .engine import SearchEngine
+
+        with SearchEngine.open(settings=settings, create=True, writable=True) as engine:
+            report = index_folder(paths, engine=engine, retry_errors=retry_errors,
+                                  progress=_Bar(enabled=not json_out))
+        if json_out:
+            _echo_json(report.to_dict())
+            return
+        rate = report.encoded / report.seconds if report.seconds else 0.0
+        typer.echo(f"{report.added} added, {report.updated} updated, {report.moved} moved, {report.removed} removed, "
+                   f"{report.unchanged} unchanged, {report.failed} failed"
+                   f" ({report.encoded} encoded, {report.duplicates} duplicates reused) in {report.seconds:.1f}s"
+                   + (f", {rate:.1f} images/s" if report.encoded else ""))
+        if report.known_failures:
+            typer.echo(f"{report.known_failures} files failed before and were skipped (--retry-errors to retry).")
+        for err in report.errors[:10]:
+            typer.echo(f"  failed: {err.path}: {err.error}", err=True)
+        if len(report.errors) > 10:
+            typer.echo(f"  ... and {len(report.errors) - 10} more (searchengine status --errors)", err=True)
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="Text, or the path of an image to find similar images.", show_default=False)],
+    k: Annotated[int, typer.Option("-k", "--top-k", min=1, max=10_000, help="Number of results.")] = 10,
+    as_text: Annotated[bool, typer.Option("--text", help="Treat QUERY as text even if a file has that name.")] = False,
+    collection: Collection = "default", data_dir: DataDir = None, db: Db = None, device: Device = "auto",
+    json_out: Json = False, verbose: Verbose = False,
+) -> None:
+    """Search a collection by text ("a dog on a beach") or by image (a path): ranked hits with scores."""
+    _logging(verbose)
+    with _errors():
+        with _open(collection, data_dir, db, device) as engine:
+            is_image = not as_text and os.path.isfile(os.path.expanduser(query))
+            hits = engine.search_image(os.path.expanduser(query), k=k) if is_image else engine.search_text(query, k=k)
+        if json_out:
+            _echo_json([h.to_dict() for h in hits])
+            return
+        if not hits:
+            typer.echo("No results: the collection is empty.")
+            return
+        width = len(str(len(hits)))
+        for rank, hit in enumerate(hits, 1):
+            typer.echo(f"{rank:>{width}}  {hit.score:.4f}  {hit.path}")
+
+
+@app.command()
+def status(
+    errors: Annotated[bool, typer.Option("--errors", help="List the files that could not be indexed.")] = False,
+    collection: Collection = "default", data_dir: DataDir = None, db: Db = None,
+    json_out: Json = False, verbose: Verbose = False,
+) -> None:
+    """Show a collection: model, counts, vector index, and (with --errors) the files that failed."""
+    _logging(verbose)
+    with _errors():
+        with _open(collection, data_dir, db, "cpu") as engine:
+            st = engine.status()
+            errs = engine.errors() if errors else []
+        if json_out:
+            out = st.to_dict()
+            if errors:
+                out["error_files"] = [{"path": e.path, "error": e.error} for e in errs]
+            _echo_json(out)
+            return
+        rows = [("collection", st.collection), ("model", st.model), ("dimension", st.dim),
+                ("fingerprint", st.fingerprint), ("images", st.images), ("errors", st.errors),
+                ("index", f"{st.index_factory} ({st.index_type}, {st.index_vectors} vectors)")]
+        if st.index_note:
+            rows.append(("index note", st.index_note))
+        rows += [("database", st.database), ("data dir", st.data_dir)]
+        for key, value in rows:
+            typer.echo(f"{key:<12} {value}")
+        for e in errs:
+            typer.echo(f"  {e.path}: {e.error}")
+
+
+@app.command("rebuild-index")
+def rebuild_index(
+    index_factory: Annotated[Optional[str], typer.Option(
+        "--index-factory", show_default=False, help="Switch to another faiss factory string while rebuilding.")] = None,
+    collection: Collection = "default", data_dir: DataDir = None, db: Db = None,
+    json_out: Json = False, verbose: Verbose = False,
+) -> None:
+    """Rebuild the vector index from the vectors kept in the store (no image is decoded again)."""
+    _logging(verbose)
+    with _errors():
+        with _open(collection, data_dir, db, "cpu", writable=True) as engine:
+            n = engine.rebuild_index(index_factory)
+            st = engine.status()
+        if json_out:
+            _echo_json({"vectors": n, "index_factory": st.index_factory, "index_type": st.index_type})
+        else:
+            typer.echo(f"Rebuilt the {st.index_factory} index ({st.index_type}) with {n} vectors.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"searchengine {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
+) -> None:
+    """Semantic image search: index photo folders with CLIP and search them by text or by image."""
+
+
+def run() -> None:  # console-script entry point
+    app()

@@ -1,0 +1,108 @@
+"""Settings: where data lives, which model, which device, which index.
+
+Every field has an environment variable (``SEARCHENGINE_*``) and a CLI option; explicit
+arguments beat the environment, which beats the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .errors import ConfigError
+
+__all__ = ["Settings", "DEFAULT_MODEL", "DEFAULT_INDEX_FACTORY", "default_data_dir"]
+
+DEFAULT_MODEL = "ViT-B-32:laion2b_s34b_b79k"
+DEFAULT_INDEX_FACTORY = "Flat"
+_COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def default_data_dir() -> Path:
+    """``$SEARCHENGINE_HOME``, else ``$XDG_DATA_HOME/searchengine``, else ``~/.local/share/searchengine``."""
+    home = os.environ.get("SEARCHENGINE_HOME")
+    if home:
+        return Path(home).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
+    return base / "searchengine"
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved configuration of one engine instance.
+
+    ``model`` is ``None`` to mean "the collection's model" (or :data:`DEFAULT_MODEL` for a
+    new collection). ``db_url`` is ``None`` for the SQLite file inside ``data_dir``.
+    """
+
+    data_dir: Path = field(default_factory=default_data_dir)
+    db_url: str | None = None
+    collection: str = "default"
+    model: str | None = None
+    device: str = "auto"
+    index_factory: str = DEFAULT_INDEX_FACTORY
+    batch_size: int = 32
+    workers: int = -1  # -1: choose from the core count; 0: decode in the main process
+    max_pixels: int = 100_000_000
+
+    def __post_init__(self) -> None:
+        if not _COLLECTION_NAME.match(self.collection):
+            raise ConfigError(
+                f"invalid collection name {self.collection!r}: use letters, digits, '_', '-', '.' "
+                "(at most 64 characters)"
+            )
+        if self.batch_size < 1:
+            raise ConfigError("batch size must be at least 1")
+        if self.max_pixels < 1:
+            raise ConfigError("max pixels must be at least 1")
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> "Settings":
+        """Settings from ``SEARCHENGINE_*`` variables, then ``overrides`` (``None`` values ignored)."""
+        env: dict[str, object] = {
+            "data_dir": default_data_dir(),
+            "db_url": os.environ.get("SEARCHENGINE_DB") or None,
+            "collection": os.environ.get("SEARCHENGINE_COLLECTION") or "default",
+            "model": os.environ.get("SEARCHENGINE_MODEL") or None,
+            "device": os.environ.get("SEARCHENGINE_DEVICE") or "auto",
+            "index_factory": os.environ.get("SEARCHENGINE_INDEX_FACTORY") or DEFAULT_INDEX_FACTORY,
+            "batch_size": _env_int("SEARCHENGINE_BATCH_SIZE", 32),
+            "workers": _env_int("SEARCHENGINE_WORKERS", -1),
+        }
+        env.update({k: v for k, v in overrides.items() if v is not None})
+        if not isinstance(env["data_dir"], Path):
+            env["data_dir"] = Path(str(env["data_dir"])).expanduser()
+        return cls(**env)  # type: ignore[arg-type]
+
+    def with_(self, **changes: object) -> "Settings":
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def database_url(self) -> str:
+        if self.db_url:
+            return self.db_url
+        return f"sqlite:///{(self.data_dir / 'searchengine.db').resolve()}"
+
+    @property
+    def collection_dir(self) -> Path:
+        """Folder of the collection's derived files (the faiss index)."""
+        return self.data_dir / "collections" / self.collection
+
+    def decode_workers(self) -> int:
+        if self.workers >= 0:
+            return self.workers
+        cores = os.cpu_count() or 1
+        return max(1, min(8, cores - 1)) if cores > 2 else cores

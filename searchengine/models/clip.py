@@ -1,0 +1,239 @@
+"""The open_clip dual encoder behind ``encode_images`` / ``encode_texts``.
+
+Embeddings are float32 ``(n, d)``, L2-normalised, compared by inner product. The image
+preprocessing that came with the model is split in two: a PIL stage (resize, crop) that
+runs in decode worker processes, and a tensor stage (scale, normalise) that runs batched
+next to the model. :meth:`ClipEncoder.pixels_from_pil` applies both for one image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, ModelLoadError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from PIL import Image
+
+__all__ = ["ClipEncoder", "load_encoder", "parse_spec", "select_device", "PROBE_TEXTS"]
+
+log = logging.getLogger(__name__)
+
+PROBE_TEXTS = ("a photo of a dog on a beach", "red sports car")
+_WEIGHT_SUFFIXES = ("*.safetensors", "*.bin", "*.pth", "*.pt")
+
+
+@dataclass(frozen=True)
+class ParsedSpec:
+    """``model_name`` and ``pretrained`` as open_clip's factory takes them."""
+
+    spec: str
+    model_name: str
+    pretrained: str | None
+
+
+def parse_spec(spec: str) -> ParsedSpec:
+    """Split a model spec in open_clip's forms.
+
+    ``ARCH:TAG``, ``ARCH:/path/to/weights``, ``hf-hub:org/repo`` and ``local-dir:/path``.
+    A bare ``ARCH`` names no weights and is refused: random weights would make every
+    load of the collection's model a different model.
+    """
+    spec = spec.strip()
+    if not spec:
+        raise ConfigError("empty model spec")
+    if spec.startswith(("hf-hub:", "local-dir:")):
+        schema, _, rest = spec.partition(":")
+        if not rest:
+            raise ConfigError(f"model spec {spec!r} names no {schema} location")
+        if schema == "local-dir":
+            return ParsedSpec(spec, f"local-dir:{Path(rest).expanduser()}", None)
+        return ParsedSpec(spec, spec, None)
+    arch, sep, pretrained = spec.partition(":")
+    if not sep or not pretrained:
+        raise ConfigError(
+            f"model spec {spec!r} names no weights; use ARCH:TAG (e.g. ViT-B-32:laion2b_s34b_b79k), "
+            "ARCH:/path/to/weights, hf-hub:org/repo or local-dir:/path"
+        )
+    if pretrained.startswith("~"):
+        pretrained = str(Path(pretrained).expanduser())
+    return ParsedSpec(spec, arch, pretrained)
+
+
+def select_device(device: str = "auto") -> str:
+    """``auto`` picks cuda, then mps, then cpu; an explicit device must be available."""
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return "mps"
+        return "cpu"
+    kind = device.split(":")[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"device {device!r} requested but MPS is not available; use --device cpu")
+    if kind not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def _check_local_dir(path: Path, spec: str) -> None:
+    if not path.is_dir():
+        raise ModelLoadError(f"model folder not found for {spec!r}: {path}")
+    if not (path / "open_clip_config.json").is_file():
+        raise ModelLoadError(f"{path} has no open_clip_config.json, so {spec!r} is not an open_clip model folder")
+    if not any(any(path.glob(p)) for p in _WEIGHT_SUFFIXES):
+        raise ModelLoadError(f"{path} has open_clip_config.json but no weights file (.safetensors, .bin, .pth)")
+
+
+def _explain_load_failure(parsed: ParsedSpec, exc: BaseException) -> ModelLoadError:
+    text = str(exc)
+    if "not found in built-ins" in text:
+        return ModelLoadError(f"unknown model architecture {parsed.model_name!r} in {parsed.spec!r}")
+    if "not a known tag or valid file path" in text:
+        return ModelLoadError(
+            f"{parsed.pretrained!r} is neither a known pretrained tag of {parsed.model_name} nor an existing file"
+        )
+    return ModelLoadError(
+        f"cannot obtain the weights of {parsed.spec!r} (no network and not in the local cache?); "
+        "pass --model local-dir:/path/to/model (a folder with open_clip_config.json and weights) "
+        "or --model ARCH:/path/to/weights.safetensors"
+    )
+
+
+class ClipEncoder:
+    """A loaded open_clip model with its preprocessing and tokenizer."""
+
+    def __init__(self, spec: str, model: Any, preprocess: Any, tokenizer: Any, device: str) -> None:
+        import torch
+
+        self.spec = spec
+        self.device = device
+        self.model = model
+        self.tokenizer = tokenizer
+        self.dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        self.pil_stage, self._tensor_stage = _split_preprocess(preprocess)
+        self.image_size = _image_size(model)
+        with torch.inference_mode():
+            probe = self.encode_texts(["probe"])
+        self.dim = int(probe.shape[1])
+
+    # -- images -------------------------------------------------------------------------
+    def pixels_from_pil(self, image: "Image.Image") -> np.ndarray:
+        """The PIL stage for one RGB image: a uint8 ``(H, W, 3)`` array ready for batching."""
+        return np.asarray(self.pil_stage(image), dtype=np.uint8)
+
+    def encode_pixels(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
+        """Encode uint8 ``(H, W, 3)`` arrays from :meth:`pixels_from_pil` (or decode workers)."""
+        import torch
+
+        if len(pixels) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        batch = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2)
+        batch = batch.to(self.device, non_blocking=True).float().div_(255.0)
+        batch = self._tensor_stage(batch).to(self.dtype)
+        with torch.inference_mode():
+            out = self.model.encode_image(batch)
+        return _normalise(out)
+
+    def encode_images(self, images: Sequence["Image.Image"]) -> np.ndarray:
+        """Encode RGB PIL images: float32 ``(n, d)``, L2-normalised."""
+        return self.encode_pixels([self.pixels_from_pil(im.convert("RGB")) for im in images])
+
+    # -- texts --------------------------------------------------------------------------
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Encode texts: float32 ``(n, d)``, L2-normalised."""
+        import torch
+
+        if len(texts) == 0:
+            return np.zeros((0, getattr(self, "dim", 0)), dtype=np.float32)
+        tokens = self.tokenizer(list(texts)).to(self.device)
+        with torch.inference_mode():
+            out = self.model.encode_text(tokens)
+        return _normalise(out)
+
+    # -- identity -----------------------------------------------------------------------
+    def probe(self) -> np.ndarray:
+        """Embeddings of a fixed synthetic image and fixed texts: the model's fingerprint.
+
+        Two loads of the same weights agree to cosine ~1 on any device and precision;
+        different weights do not.
+        """
+        return np.concatenate([self.encode_pixels([_probe_pixels(self.image_size)]), self.encode_texts(PROBE_TEXTS)])
+
+
+def fingerprint_id(probe: np.ndarray) -> str:
+    """A short display id of a probe (two decimals, so precision noise rarely changes it)."""
+    return hashlib.sha1(np.round(probe.astype(np.float32), 2).tobytes()).hexdigest()[:12]
+
+
+def probes_match(a: np.ndarray, b: np.ndarray, min_cosine: float = 0.99) -> bool:
+    if a.shape != b.shape:
+        return False
+    cos = np.sum(a * b, axis=1)
+    return bool(np.all(cos >= min_cosine))
+
+
+def load_encoder(spec: str, device: str = "auto") -> ClipEncoder:
+    """Load the model named by ``spec`` on ``device``; errors say what to pass instead."""
+    parsed = parse_spec(spec)
+    if parsed.model_name.startswith("local-dir:"):
+        _check_local_dir(Path(parsed.model_name.partition(":")[2]), spec)
+    resolved = select_device(device)
+    import open_clip
+    import torch
+
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            parsed.model_name, pretrained=parsed.pretrained, device=resolved,
+            precision="fp16" if resolved.startswith("cuda") else "fp32",
+        )
+        tokenizer = open_clip.get_tokenizer(parsed.model_name)
+    except (RuntimeError, ValueError, OSError, KeyError) as exc:
+        raise _explain_load_failure(parsed, exc) from exc
+    model.eval()
+    torch.set_flush_denormal(True)
+    return ClipEncoder(spec, model, preprocess, tokenizer, resolved)
+
+
+def _normalise(out: "torch.Tensor") -> np.ndarray:
+    arr = out.float().cpu().numpy().astype(np.float32, copy=False)
+    norms = np.linalg.norm(arr, axis=1, keepdims=True)
+    return arr / np.maximum(norms, 1e-12)
+
+
+def _split_preprocess(preprocess: Any) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
+    """Split open_clip's eval transform at ``ToTensor``: PIL ops before, tensor ops after."""
+    from torchvision import transforms as T
+
+    steps = list(getattr(preprocess, "transforms", []))
+    cut = next((i for i, t in enumerate(steps) if isinstance(t, T.ToTensor)), None)
+    if cut is None:
+        raise ModelLoadError(f"unsupported preprocessing pipeline (no ToTensor step): {preprocess!r}")
+    return T.Compose(steps[:cut]), T.Compose(steps[cut + 1 :]) if steps[cut + 1 :] else (lambda x: x)
+
+
+def _image_size(model: Any) -> int:
+    size = getattr(getattr(model, "visual", None), "image_size", 224)
+    if isinstance(size, (tuple, list)):
+        return int(min(size))
+    return int(size)
+
+
+def _probe_pixels(size: int) -> np.ndarray:
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / max(size - 1, 1)
+    r = 0.5 + 0.5 * np.sin(6.0 * x + 2.0 * y)
+    g = y
+    b = 0.5 + 0.5 * np.cos(9.0 * x * y)
+    return (np.stack([r, g, b], axis=-1) * 255).astype(np.uint8)

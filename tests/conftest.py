@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests import imagegen
+from tests.tinymodel import make_tiny_model
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """``local-dir:`` spec of a tiny random open_clip model (seed 0)."""
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-model"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def other_tiny_model(tmp_path_factory) -> str:
+    """Same architecture, other random weights (seed 1)."""
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-model-b"), seed=1)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path, monkeypatch) -> Path:
+    """Every test gets its own data directory and no SEARCHENGINE_* settings from outside."""
+    for key in list(os.environ):
+        if key.startswith("SEARCHENGINE_"):
+            monkeypatch.delenv(key)
+    home = tmp_path / "home"
+    monkeypatch.setenv("SEARCHENGINE_HOME", str(home))
+    monkeypatch.setenv("SEARCHENGINE_WORKERS", "0")
+    return home
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    """A folder of 6 distinct small photos, one in a sub-folder."""
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(5):
+        imagegen.photo(folder / f"img{i}.jpg", seed=i)
+    imagegen.photo(folder / "sub" / "deep.png", seed=99)
+    return folder
