@@ -98,6 +98,7 @@ class Writer:
         r.added += len(new)
         r.updated += len(upd)
         r.moved += len(moved)
+        r.unchanged += len(touched)  # only the timestamp changed
         r.failed += len(errors)
         r.errors.extend(errors)
 

@@ -69,7 +69,10 @@ def _errors() -> Iterator[None]:
 
 
 def _logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    """Our warnings always; third-party log lines (open_clip logs failures at ERROR) only with --verbose,
+    since the CLI reports every failure itself in one line."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.CRITICAL, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("searchengine").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def _open(collection: str, data_dir: Optional[Path], db: Optional[str], device: str, **kw: object):

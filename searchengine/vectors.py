@@ -88,7 +88,11 @@ class VectorIndex:
     def inner_type(self) -> str:
         import faiss
 
-        return type(faiss.downcast_index(self._index.index)).__name__
+        inner = faiss.downcast_index(self._index.index)
+        name = type(inner).__name__
+        if name == "IndexFlat" and inner.metric_type == faiss.METRIC_INNER_PRODUCT:
+            return "IndexFlatIP"  # index_factory builds IndexFlat(IP); read_index gives IndexFlatIP
+        return name
 
     @property
     def faiss_index(self):

@@ -97,8 +97,9 @@ def _check_local_dir(path: Path, spec: str) -> None:
         raise ModelLoadError(f"{path} has open_clip_config.json but no weights file (.safetensors, .bin, .pth)")
 
 
-def _explain_load_failure(parsed: ParsedSpec, exc: BaseException) -> ModelLoadError:
-    text = str(exc)
+def _explain_load_failure(parsed: ParsedSpec, exc: BaseException | None,
+                          why: str = "the download failed (no network?) and they are not in the local cache") -> ModelLoadError:
+    text = str(exc) if exc is not None else ""
     if "not found in built-ins" in text:
         return ModelLoadError(f"unknown model architecture {parsed.model_name!r} in {parsed.spec!r}")
     if "not a known tag or valid file path" in text:
@@ -106,7 +107,7 @@ def _explain_load_failure(parsed: ParsedSpec, exc: BaseException) -> ModelLoadEr
             f"{parsed.pretrained!r} is neither a known pretrained tag of {parsed.model_name} nor an existing file"
         )
     return ModelLoadError(
-        f"cannot obtain the weights of {parsed.spec!r} (no network and not in the local cache?); "
+        f"cannot obtain the weights of {parsed.spec!r}: {why}; "
         "pass --model local-dir:/path/to/model (a folder with open_clip_config.json and weights) "
         "or --model ARCH:/path/to/weights.safetensors"
     )
@@ -185,11 +186,48 @@ def probes_match(a: np.ndarray, b: np.ndarray, min_cosine: float = 0.99) -> bool
     return bool(np.all(cos >= min_cosine))
 
 
+def _hub_download_hopeless(parsed: ParsedSpec) -> bool:
+    """True when ``parsed`` needs a Hugging Face download that cannot happen: not cached, and
+    offline (``HF_HUB_OFFLINE`` or the hub's host does not resolve). Saves a minute of retries."""
+    import os
+    import socket
+
+    import open_clip
+
+    if parsed.model_name.startswith("hf-hub:"):
+        repo, files = parsed.model_name[len("hf-hub:"):], ["open_clip_config.json"]
+    elif parsed.pretrained and not os.path.isfile(parsed.pretrained):
+        cfg = open_clip.get_pretrained_cfg(parsed.model_name, parsed.pretrained) or {}
+        if not cfg.get("hf_hub"):
+            return False
+        repo, name = os.path.split(cfg["hf_hub"])  # "org/repo/" -> ("org/repo", "")
+        name = name or "open_clip_pytorch_model.bin"
+        files = [name, name.rsplit(".", 1)[0] + ".safetensors", "open_clip_model.safetensors"]
+    else:
+        return False
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    if any(isinstance(try_to_load_from_cache(repo, f), str) for f in files):
+        return False
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return True
+    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("//")[-1].split("/")[0].split(":")[0]
+    try:
+        socket.getaddrinfo(host, 443)
+    except (socket.gaierror, UnicodeError):
+        return True
+    return False
+
+
 def load_encoder(spec: str, device: str = "auto") -> ClipEncoder:
     """Load the model named by ``spec`` on ``device``; errors say what to pass instead."""
     parsed = parse_spec(spec)
     if parsed.model_name.startswith("local-dir:"):
         _check_local_dir(Path(parsed.model_name.partition(":")[2]), spec)
+    elif _hub_download_hopeless(parsed):
+        raise _explain_load_failure(parsed, None, "they are not in the local cache and the model hub cannot be reached")
     resolved = select_device(device)
     import open_clip
     import torch
