@@ -303,3 +303,15 @@ def test_collection_refuses_another_model_and_changed_weights(tiny_model, other_
     with SearchEngine.open(COLL) as engine:
         with pytest.raises(ModelMismatchError, match="fingerprint"):
             engine.search_text("x")
+
+
+def test_heic_photos_index_when_pillow_heif_is_installed(run, tmp_path):
+    import pillow_heif  # in the dev extra
+
+    folder = tmp_path / "phone"
+    pillow_heif.from_pillow(imagegen.photo_image(5, size=(60, 40))).save(folder.mkdir() or folder / "IMG_0001.HEIC")
+    report = run(folder)
+    assert (report.added, report.failed) == (1, 0)
+    with open_engine() as engine:
+        hit = engine.search_image(folder / "IMG_0001.HEIC", k=1)[0]
+        assert (hit.width, hit.height) == (60, 40) and hit.score == pytest.approx(1.0, abs=2e-3)

@@ -1,0 +1,5 @@
+"""``python -m searchengine`` runs the CLI."""
+
+from .cli import run
+
+run()
