@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import closing
 from typing import Iterable, Protocol
 
 from searchengine.engine import SearchEngine
@@ -16,7 +17,7 @@ from searchengine.store import FileErrorRecord
 
 from .diff import Plan, plan
 from .pipeline import DecodeOptions, decode_all, iter_batches
-from .scan import ScanResult, scan
+from .scan import ScanResult, normalize_roots, scan
 from .writer import IndexReport, Writer
 
 __all__ = ["index_folder", "IndexReport", "Progress", "scan", "plan"]
@@ -42,11 +43,12 @@ def index_folder(paths: Iterable[str | os.PathLike] | str | os.PathLike, *, engi
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
+    roots = normalize_roots(paths)  # a wrong path fails before any collection is created
     own = engine is None
     if engine is None:
         engine = SearchEngine.open(collection, model=model, create=True, writable=True, **open_kwargs)  # type: ignore[arg-type]
     try:
-        return _run(engine, list(paths), retry_errors, progress)
+        return _run(engine, roots, retry_errors, progress)
     finally:
         if own:
             engine.close()
@@ -72,13 +74,14 @@ def _run(engine: SearchEngine, paths: list, retry_errors: bool, progress: Progre
     try:
         if work.candidates:
             encoder = engine.encoder
-            options = DecodeOptions(pil_stage=encoder.pil_stage, known_hashes=frozenset(writer.hash_to_id),
-                                    max_pixels=engine.settings.max_pixels, draft_size=encoder.image_size)
-            decoded = decode_all(work.candidates, options, engine.settings.decode_workers())
-            for batch in iter_batches(decoded, engine.settings.batch_size):
-                writer.write(batch)
-                if progress is not None:
-                    progress.advance(len(batch))
+            options = DecodeOptions(pil_stage=encoder.pil_stage, known_hashes=writer.known_hashes,
+                                    own_hashes=writer.own_hashes, max_pixels=engine.settings.max_pixels,
+                                    draft_size=encoder.image_size)
+            with closing(decode_all(work.candidates, options, engine.settings.decode_workers())) as decoded:
+                for batch in iter_batches(decoded, engine.settings.batch_size):
+                    writer.write(batch)
+                    if progress is not None:
+                        progress.advance(len(batch))
         writer.finish(work.stale_errors)
     except BaseException:
         if writer.wrote:

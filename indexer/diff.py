@@ -43,7 +43,9 @@ def plan(scanned: ScanResult, rows: list[ImageRecord], errors: list[FileErrorRec
             result.known_failures += 1
             continue
         result.candidates.append(entry)
-    result.vanished = [r for p, r in result.existing.items() if p not in seen]
     scan_error_paths = {p for p, _ in scanned.errors}
+    unsure = tuple(p.rstrip("/") + "/" for p in scan_error_paths)  # unreadable now, maybe not gone
+    result.vanished = [r for p, r in result.existing.items()
+                       if p not in seen and p not in scan_error_paths and not p.startswith(unsure)]
     result.stale_errors = [p for p in failed if p not in seen and p not in scan_error_paths]
     return result

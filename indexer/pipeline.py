@@ -11,7 +11,12 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
-from dataclasses import dataclass
+import signal
+import sys
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -29,9 +34,12 @@ MAX_FILE_BYTES = 512 * 1024 * 1024
 @dataclass(frozen=True)
 class DecodeOptions:
     pil_stage: Callable[[Any], Any]
+    #: contents the store already has a vector for: read and hashed, never decoded
     known_hashes: frozenset[str]
     max_pixels: int
     draft_size: int | None
+    #: path -> the content hash stored for it: a file that only got a new mtime is not decoded
+    own_hashes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,7 @@ _OPTIONS: DecodeOptions | None = None
 def _init_worker(options: DecodeOptions) -> None:
     global _OPTIONS
     _OPTIONS = options
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
 
 
 def _read(entry: FileEntry) -> bytes:
@@ -75,7 +84,7 @@ def decode_one(entry: FileEntry, options: DecodeOptions | None = None) -> Decode
     except OSError as exc:
         return Decoded(entry, error=f"cannot read file: {exc.strerror or exc}")
     digest = content_hash(data)
-    if digest in opts.known_hashes:
+    if digest in opts.known_hashes or opts.own_hashes.get(entry.path) == digest:
         return Decoded(entry, content_hash=digest)
     try:
         image = safe_open(data, max_pixels=opts.max_pixels, draft_size=opts.draft_size)
@@ -86,25 +95,77 @@ def decode_one(entry: FileEntry, options: DecodeOptions | None = None) -> Decode
     return Decoded(entry, content_hash=digest, pixels=pixels, width=width, height=height)
 
 
-def decode_all(entries: list[FileEntry], options: DecodeOptions, workers: int) -> Iterator[Decoded]:
-    """Decode ``entries`` with ``workers`` processes (0: in this process), yielding as they finish."""
+def _decode_chunk(entries: list[FileEntry]) -> list[Decoded]:
+    return [decode_one(e) for e in entries]
+
+
+def decode_all(entries: list[FileEntry], options: DecodeOptions, workers: int,
+               max_pending: int = 256) -> Iterator[Decoded]:
+    """Decode ``entries`` with ``workers`` processes (0: in this process), yielding as they finish.
+
+    At most about ``max_pending`` files are decoded ahead of the consumer, so memory stays bounded
+    when the model is slower than the decoders. A worker that dies (a native decoder crash, the
+    OOM killer) costs only the file it was decoding: the files in flight are retried one at a
+    time to find it, and it is reported as an error.
+    """
     if workers <= 0 or len(entries) < 2:
         for entry in entries:
             yield decode_one(entry, options)
         return
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    pool = ctx.Pool(processes=min(workers, len(entries)), initializer=_init_worker, initargs=(options,))
+    workers = min(workers, len(entries))
+    size = max(1, min(8, len(entries) // (workers * 4)))
+    chunks = deque(entries[i : i + size] for i in range(0, len(entries), size))
+    yield from _run_pool(chunks, options, workers, max(workers * 2, max_pending // size))
+
+
+def _run_pool(chunks: deque, options: DecodeOptions, workers: int, window: int) -> Iterator[Decoded]:
+    suspects: deque[list[FileEntry]] = deque()  # after a crash: one file per task, one task at a time
+    executor = _executor(options, workers)
+    inflight: dict = {}
     try:
-        yield from pool.imap_unordered(decode_one, entries, chunksize=_chunksize(len(entries), workers))
-        pool.close()
+        while chunks or suspects or inflight:
+            while not inflight and suspects:
+                inflight[executor.submit(_decode_chunk, suspects[0])] = suspects.popleft()
+            while chunks and not suspects and len(inflight) < window:
+                chunk = chunks.popleft()
+                inflight[executor.submit(_decode_chunk, chunk)] = chunk
+            done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+            crashed = False
+            for future in done:
+                chunk = inflight.pop(future)
+                try:
+                    yield from future.result()
+                except BrokenProcessPool:
+                    crashed = True
+                    if len(chunk) == 1 and not inflight:
+                        yield Decoded(chunk[0], error="the image decoder crashed on this file")
+                    else:
+                        suspects.extend([e] for e in chunk)
+            if crashed:
+                suspects.extend([e] for chunk in inflight.values() for e in chunk)
+                inflight.clear()
+                _shutdown(executor)
+                executor = _executor(options, workers)
     finally:
-        pool.terminate()
-        pool.join()
+        _shutdown(executor)
 
 
-def _chunksize(n: int, workers: int) -> int:
-    return max(1, min(16, n // (workers * 8) or 1))
+def _executor(options: DecodeOptions, workers: int) -> ProcessPoolExecutor:
+    # fork is fast and shares the options; elsewhere (macOS, Windows) spawn is the safe default
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method),
+                               initializer=_init_worker, initargs=(options,))
+
+
+def _shutdown(executor: ProcessPoolExecutor) -> None:
+    """Stop now: cancel queued work and end the workers (a hung decoder must not block us)."""
+    processes = list((getattr(executor, "_processes", None) or {}).values())
+    executor.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in processes:
+        proc.join(timeout=5)
 
 
 def iter_batches(items: Iterable[Decoded], size: int) -> Iterator[list[Decoded]]:

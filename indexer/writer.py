@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -40,12 +41,17 @@ class IndexReport:
         return out
 
 
+Kind = Literal["error", "touch", "move", "reuse", "encode"]
+
+
 @dataclass
 class _Item:
     decoded: Decoded
     row: ImageRecord | None  # the row at this path, if any
-    source_id: int | None = None  # reuse this row's vector
-    move_of: ImageRecord | None = None
+    kind: Kind = "encode"
+    source_id: int | None = None  # "reuse": the row whose vector this content already has
+    move_of: ImageRecord | None = None  # "move": the vanished row this file is
+    vector: np.ndarray | None = None  # "reuse" by value: a rewritten row's old vector
     dims: tuple[int, int] | None = None  # (width, height) of the reused source
 
 
@@ -57,7 +63,24 @@ class Writer:
         self.cid = engine.collection.id
         self.plan = plan
         self.report = report
-        self.hash_to_id: dict[str, int] = engine.store.known_hashes(self.cid)
+        # Contents with a trustworthy vector: rows that this run does not touch (a candidate's row
+        # may get new content, so its old hash must not point at it).
+        candidates = {e.path for e in plan.candidates}
+        self.hash_to_id: dict[str, int] = {}
+        for content, image_id, path in engine.store.hash_index(self.cid):
+            if path not in candidates:
+                self.hash_to_id.setdefault(content, image_id)
+        # A candidate row's old content stays reusable: from the row until it is rewritten, then
+        # from ``orphans`` (its old vector, kept when the row is rewritten). Swaps and
+        # backup-then-edit thus encode nothing twice.
+        self.old_by_hash: dict[str, int] = {}
+        for path in candidates & plan.existing.keys():
+            row = plan.existing[path]
+            if row.content_hash not in self.hash_to_id:
+                self.old_by_hash.setdefault(row.content_hash, row.id)
+        self.orphans: dict[str, tuple[np.ndarray, tuple[int, int]]] = {}
+        self.known_hashes = frozenset(self.hash_to_id) | frozenset(self.old_by_hash)
+        self.own_hashes = {p: plan.existing[p].content_hash for p in candidates if p in plan.existing}
         self.vanished_by_hash: dict[str, list[ImageRecord]] = {}
         for row in plan.vanished:
             self.vanished_by_hash.setdefault(row.content_hash, []).append(row)
@@ -66,85 +89,98 @@ class Writer:
         self.wrote = False
 
     def write(self, batch: list[Decoded]) -> None:
-        new, new_vecs, upd, upd_vecs = [], [], [], []
-        moved, touched, errors = [], [], []
         items = [self._resolve(d) for d in batch]
         vectors = self._vectors(items)
+        self._keep_old_vectors([it.row for it in items if it.row is not None and it.kind != "touch"])
+        new, new_vecs, upd, upd_vecs = [], [], [], []
+        moved, touched, errors, dropped = [], [], [], []
         for item, vec in zip(items, vectors):
             d = item.decoded
-            if d.error is not None:
-                errors.append(FileErrorRecord(d.entry.path, d.error, d.entry.size, d.entry.mtime, time.time()))
-                continue
-            if item.move_of is not None:
-                moved.append((item.move_of.id, self._record(d, item.move_of.width, item.move_of.height)))
-            elif item.row is not None and item.row.content_hash == d.content_hash:
-                touched.append((item.row.id, d.entry.size, d.entry.mtime))
+            if item.kind == "error":
+                errors.append(FileErrorRecord(d.entry.path, d.error or "", d.entry.size, d.entry.mtime, time.time()))
+                if item.row is not None:
+                    dropped.append(item.row.id)  # an indexed file that is no longer a readable image
+            elif item.kind == "move":
+                moved.append((item.move_of.id, self._record(d, (item.move_of.width, item.move_of.height))))
+            elif item.kind == "touch":
+                touched.append((item.row.id, self._record(d)))
             elif item.row is not None:
-                upd.append((item.row.id, self._record(d, *(item.dims or (None, None)))))
+                upd.append((item.row.id, self._record(d, item.dims)))
                 upd_vecs.append(vec)
             else:
-                new.append(self._record(d, *(item.dims or (None, None))))
+                new.append(self._record(d, item.dims))
                 new_vecs.append(vec)
         new_ids, _ = self.engine.store.write_batch(
             self.cid, new=new, new_vectors=_stack(new_vecs), updated=upd, updated_vectors=_stack(upd_vecs),
-            moved=moved, touched=touched, errors=errors)
+            moved=moved, touched=touched, removed=dropped, errors=errors)
         self.wrote = True
-        for rec, i in zip(new, new_ids):
-            self.hash_to_id.setdefault(rec.content_hash, i)
-        for i, rec in upd:
-            self.hash_to_id.setdefault(rec.content_hash, i)
-        self._update_index([i for i, _ in upd] + new_ids, upd_vecs + new_vecs, [i for i, _ in upd])
+        for image_id, rec in list(zip(new_ids, new)) + [(i, rec) for i, rec in upd]:
+            self.hash_to_id.setdefault(rec.content_hash, image_id)
+        self._update_index([i for i, _ in upd] + new_ids, upd_vecs + new_vecs, [i for i, _ in upd] + dropped)
         r = self.report
         r.added += len(new)
         r.updated += len(upd)
         r.moved += len(moved)
         r.unchanged += len(touched)  # only the timestamp changed
         r.failed += len(errors)
+        r.removed += len(dropped)
         r.errors.extend(errors)
 
     def _resolve(self, d: Decoded) -> _Item:
         item = _Item(d, self.plan.existing.get(d.entry.path))
-        if d.error is not None or (item.row is not None and item.row.content_hash == d.content_hash):
-            return item
-        if item.row is None:
-            for cand in self.vanished_by_hash.get(d.content_hash, ()):
-                if cand.id not in self.claimed:
-                    self.claimed.add(cand.id)
-                    item.move_of = cand
-                    return item
-        item.source_id = self.hash_to_id.get(d.content_hash)
+        if d.error is not None:
+            item.kind = "error"
+        elif item.row is not None and item.row.content_hash == d.content_hash:
+            item.kind = "touch"
+        elif item.row is None and (move := self._claim_move(d.content_hash)) is not None:
+            item.kind, item.move_of = "move", move
+        elif d.content_hash in self.orphans:
+            item.kind = "reuse"
+            item.vector, item.dims = self.orphans[d.content_hash]
+        elif (source := self.hash_to_id.get(d.content_hash or "", self.old_by_hash.get(d.content_hash or ""))) is not None:
+            item.kind, item.source_id = "reuse", source
         return item
 
+    def _keep_old_vectors(self, rewritten: list[ImageRecord]) -> None:
+        """Before rows get new content, keep the old vectors other files may still need."""
+        keep = [r for r in rewritten if self.old_by_hash.get(r.content_hash) == r.id]
+        if keep:
+            for row, vec in zip(keep, self.engine.store.vectors_for(self.cid, [r.id for r in keep])):
+                self.orphans[row.content_hash] = (vec, (row.width, row.height))
+                del self.old_by_hash[row.content_hash]
+
+    def _claim_move(self, content: str | None) -> ImageRecord | None:
+        for cand in self.vanished_by_hash.get(content or "", ()):
+            if cand.id not in self.claimed:
+                self.claimed.add(cand.id)
+                return cand
+        return None
+
     def _vectors(self, items: list[_Item]) -> list[np.ndarray | None]:
-        """One vector per item that needs one: reused from the store, or encoded (each content once)."""
+        """A vector per "reuse" and "encode" item: copied from the store, or encoded (each content once)."""
         out: list[np.ndarray | None] = [None] * len(items)
-        needs = [i for i, it in enumerate(items)
-                 if it.decoded.error is None and it.move_of is None
-                 and not (it.row is not None and it.row.content_hash == it.decoded.content_hash)]
-        reuse = [i for i in needs if items[i].source_id is not None]
-        if reuse:
-            sources = [items[i].source_id for i in reuse]
-            vecs = self.engine.store.vectors_for(self.cid, sources)
+        reuse = [i for i, it in enumerate(items) if it.kind == "reuse"]
+        by_id = [i for i in reuse if items[i].vector is None]
+        if by_id:
+            sources = [items[i].source_id for i in by_id]
             rows = self.engine.store.images_by_ids(self.cid, sources)
-            for i, v in zip(reuse, vecs):
-                out[i] = v
-                src = rows[items[i].source_id]
-                items[i].dims = (src.width, src.height)
-        first_by_hash: dict[str, int] = {}
-        for i in needs:
-            if items[i].source_id is None:
-                first_by_hash.setdefault(items[i].decoded.content_hash, i)
-        order = list(first_by_hash.values())
-        if order:
+            for i, vec in zip(by_id, self.engine.store.vectors_for(self.cid, sources)):
+                items[i].vector = vec
+                items[i].dims = (rows[items[i].source_id].width, rows[items[i].source_id].height)
+        for i in reuse:
+            out[i] = items[i].vector
+        first: dict[str, int] = {}
+        encode = [i for i, it in enumerate(items) if it.kind == "encode"]
+        for i in encode:
+            first.setdefault(items[i].decoded.content_hash or "", i)
+        if first:
+            order = list(first.values())
             encoded = as_stored(self.engine.encoder.encode_pixels([items[i].decoded.pixels for i in order]))
+            by_hash = dict(zip(first, encoded))
+            for i in encode:
+                out[i] = by_hash[items[i].decoded.content_hash or ""]
             self.report.encoded += len(order)
-            by_hash = {items[i].decoded.content_hash: v for i, v in zip(order, encoded)}
-            for i in needs:
-                if out[i] is None:
-                    out[i] = by_hash[items[i].decoded.content_hash]
-                    if i not in order:
-                        self.report.duplicates += 1
-        self.report.duplicates += len(reuse)
+        self.report.duplicates += len(reuse) + len(encode) - len(first)
         return out
 
     def _update_index(self, ids: list[int], vecs: list[np.ndarray], replaced: list[int]) -> None:
@@ -169,7 +205,7 @@ class Writer:
                     self.engine.index.remove(gone)
                 except VectorIndexError:
                     self.needs_rebuild = True
-        self.report.removed = len(gone)
+        self.report.removed += len(gone)
         self.save()
 
     def save(self) -> None:
@@ -179,9 +215,10 @@ class Writer:
             self.engine.save_index()
 
     @staticmethod
-    def _record(d: Decoded, width: int | None = None, height: int | None = None) -> NewImage:
+    def _record(d: Decoded, dims: tuple[int, int] | None = None) -> NewImage:
+        width, height = dims or (d.width, d.height)
         return NewImage(path=d.entry.path, size=d.entry.size, mtime=d.entry.mtime, content_hash=d.content_hash or "",
-                        width=width if width is not None else d.width, height=height if height is not None else d.height)
+                        width=width, height=height)
 
 
 def _stack(vecs: list[np.ndarray]) -> np.ndarray | None:

@@ -136,11 +136,13 @@ def index(
         settings = Settings.from_env(collection=collection, data_dir=data_dir, db_url=db, model=model, device=device,
                                      index_factory=index_factory, batch_size=batch_size, workers=workers)
         from indexer import index_folder
+        from indexer.scan import normalize_roots
 
         from .engine import SearchEngine
 
+        roots = normalize_roots(paths)  # a mistyped path fails before a collection is created
         with SearchEngine.open(settings=settings, create=True, writable=True) as engine:
-            report = index_folder(paths, engine=engine, retry_errors=retry_errors,
+            report = index_folder(roots, engine=engine, retry_errors=retry_errors,
                                   progress=_Bar(enabled=not json_out))
         if json_out:
             _echo_json(report.to_dict())

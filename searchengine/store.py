@@ -276,13 +276,12 @@ class Store:
             rows = conn.execute(select(*_IMAGE_COLS).where(images.c.collection_id == collection_id, or_(*conds)))
             return [ImageRecord(**r._mapping) for r in rows]
 
-    def known_hashes(self, collection_id: int) -> dict[str, int]:
-        """content hash -> one image id having it."""
+    def hash_index(self, collection_id: int) -> list[tuple[str, int, str]]:
+        """(content hash, id, path) of every row, in id order."""
         with self.engine.connect() as conn:
-            rows = conn.execute(select(images.c.content_hash, func.min(images.c.id))
-                                .where(images.c.collection_id == collection_id)
-                                .group_by(images.c.content_hash))
-            return {h: int(i) for h, i in rows}
+            rows = conn.execute(select(images.c.content_hash, images.c.id, images.c.path)
+                                .where(images.c.collection_id == collection_id).order_by(images.c.id))
+            return [(h, int(i), p) for h, i, p in rows]
 
     def vectors_for(self, collection_id: int, ids: Sequence[int]) -> np.ndarray:
         rec = self._dim(collection_id)
@@ -320,7 +319,7 @@ class Store:
     # -- the writer's transaction ---------------------------------------------------------
     def write_batch(self, collection_id: int, *, new: Sequence[NewImage] = (), new_vectors: np.ndarray | None = None,
                     updated: Sequence[tuple[int, NewImage]] = (), updated_vectors: np.ndarray | None = None,
-                    moved: Sequence[tuple[int, NewImage]] = (), touched: Sequence[tuple[int, int, float]] = (),
+                    moved: Sequence[tuple[int, NewImage]] = (), touched: Sequence[tuple[int, NewImage]] = (),
                     removed: Sequence[int] = (), errors: Sequence[FileErrorRecord] = (),
                     cleared_errors: Sequence[str] = ()) -> tuple[list[int], int]:
         """Apply one batch of changes in one transaction; returns (ids of ``new``, the batch's seq)."""
@@ -347,9 +346,9 @@ class Store:
                                  seq=seq, indexed_at=now) for n, b in zip(new, blobs)]
                     result = conn.execute(insert(images).returning(images.c.id, sort_by_parameter_order=True), rows)
                     new_ids = [int(r[0]) for r in result]
-                for image_id, size, mtime in touched:
-                    conn.execute(update(images).where(images.c.id == image_id).values(size=size, mtime=mtime))
-                done_paths = [n.path for n in new] + [n.path for _, n in updated] + [n.path for _, n in moved]
+                for image_id, n in touched:
+                    conn.execute(update(images).where(images.c.id == image_id).values(size=n.size, mtime=n.mtime))
+                done_paths = [n.path for n in new] + [n.path for _, n in (*updated, *moved, *touched)]
                 for chunk in _chunks(done_paths + list(cleared_errors), 900):
                     conn.execute(delete(file_errors).where(file_errors.c.collection_id == collection_id,
                                                            file_errors.c.path.in_(chunk)))

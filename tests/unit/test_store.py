@@ -64,7 +64,7 @@ def test_write_batch_new_update_move_remove_and_errors(store):
     np.testing.assert_array_equal(store.vectors_for(cid, ids[::-1]), vecs[::-1])
     assert {r.path for r in store.images_under(cid, ["/a"])} == {"/a/1.jpg", "/a/2.jpg"}
     assert store.images_under(cid, ["/a/1.jpg"])[0].id == ids[0]
-    assert store.known_hashes(cid) == {"h1": ids[0], "h2": ids[1], "h3": ids[2]}
+    assert store.hash_index(cid) == [("h1", ids[0], "/a/1.jpg"), ("h2", ids[1], "/a/2.jpg"), ("h3", ids[2], "/b/3.jpg")]
     _, seq2 = store.write_batch(cid, moved=[(ids[0], img("/a/x/1.jpg", "h1"))], removed=[ids[2]],
                                 updated=[(ids[1], img("/a/2.jpg", "h9"))], updated_vectors=np.eye(4, dtype=np.float32)[3:],
                                 cleared_errors=["/a/bad.jpg"])
