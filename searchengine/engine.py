@@ -264,10 +264,10 @@ class SearchEngine:
         from PIL import Image
 
         from .errors import ImageDecodeError
-        from .imaging import safe_open
+        from .imaging import safe_open, to_rgb
 
         if isinstance(image, Image.Image):
-            pil = image.convert("RGB")
+            pil = to_rgb(image)  # as the indexer sees pixels: alpha over white, any mode
         else:
             try:
                 pil = safe_open(image, max_pixels=self.settings.max_pixels, draft_size=self.encoder.image_size)
@@ -279,7 +279,8 @@ class SearchEngine:
         """Images ranked by inner product with an L2-normalised vector of the collection's model."""
         if k < 1:
             raise QueryError("k must be at least 1")
-        scores, ids = self.index.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), k)
+        # a few extra candidates, in case another process removed rows since this index was loaded
+        scores, ids = self.index.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), k + max(8, k // 4))
         pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
         rows = self.store.images_by_ids(self.collection.id, [i for i, _ in pairs])
         hits = [Hit(id=i, path=rows[i].path, score=s, width=rows[i].width, height=rows[i].height,

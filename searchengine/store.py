@@ -8,13 +8,14 @@ numbered migrations in :data:`MIGRATIONS`.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from sqlalchemy import (
-    Column, Float, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Table, Text,
+    BigInteger, Column, Float, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Table, Text,
     UniqueConstraint, create_engine, delete, event, func, insert, select, update,
 )
 from sqlalchemy.engine import Connection, Engine
@@ -28,6 +29,8 @@ __all__ = [
 ]
 
 metadata = MetaData()
+#: 64-bit keys and sizes on every database; on SQLite "INTEGER PRIMARY KEY" (already 64-bit) keeps rowid ids.
+BigInt = BigInteger().with_variant(Integer(), "sqlite")
 
 schema_version = Table("schema_version", metadata, Column("version", Integer, nullable=False))
 
@@ -41,23 +44,23 @@ collections = Table(
     Column("fingerprint_id", String(32), nullable=False),
     Column("index_factory", Text, nullable=False),
     Column("index_note", Text, nullable=False, default=""),
-    Column("next_seq", Integer, nullable=False, default=1),
-    Column("index_seq", Integer, nullable=False, default=0),
+    Column("next_seq", BigInt, nullable=False, default=1),
+    Column("index_seq", BigInt, nullable=False, default=0),
     Column("created_at", Float, nullable=False),
 )
 
 images = Table(
     "images", metadata,
-    Column("id", Integer, primary_key=True),
+    Column("id", BigInt, primary_key=True),
     Column("collection_id", Integer, ForeignKey("collections.id", ondelete="CASCADE"), nullable=False),
     Column("path", Text, nullable=False),
-    Column("size", Integer, nullable=False),
+    Column("size", BigInt, nullable=False),
     Column("mtime", Float, nullable=False),
     Column("content_hash", String(64), nullable=False),
     Column("width", Integer, nullable=False),
     Column("height", Integer, nullable=False),
     Column("vector", LargeBinary, nullable=False),
-    Column("seq", Integer, nullable=False),
+    Column("seq", BigInt, nullable=False),
     Column("indexed_at", Float, nullable=False),
     UniqueConstraint("collection_id", "path", name="uq_images_path"),
     Index("ix_images_hash", "collection_id", "content_hash"),
@@ -66,10 +69,10 @@ images = Table(
 
 file_errors = Table(
     "file_errors", metadata,
-    Column("id", Integer, primary_key=True),
+    Column("id", BigInt, primary_key=True),
     Column("collection_id", Integer, ForeignKey("collections.id", ondelete="CASCADE"), nullable=False),
     Column("path", Text, nullable=False),
-    Column("size", Integer, nullable=False),
+    Column("size", BigInt, nullable=False),
     Column("mtime", Float, nullable=False),
     Column("error", Text, nullable=False),
     Column("at", Float, nullable=False),
@@ -78,6 +81,8 @@ file_errors = Table(
 
 
 def _m001_initial(conn: Connection) -> None:
+    # Version 1 is the tables above as first released. A later migration that changes a table
+    # must give m001 a frozen copy of the version-1 definitions first.
     metadata.create_all(conn, tables=[collections, images, file_errors])
 
 
@@ -161,23 +166,58 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # pragma: no cover - exercise
     cur.close()
 
 
+class _Engine:
+    """The SQLAlchemy engine, with every database error raised as :class:`StoreError`."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self.url = engine.url
+        self.dialect = engine.dialect
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        try:
+            with self._engine.connect() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise StoreError(f"database error: {_reason(exc)}") from exc
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        try:
+            with self._engine.begin() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot write to the metadata store: {_reason(exc)}") from exc
+
+    def dispose(self) -> None:
+        self._engine.dispose()
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+
+
 class Store:
     """Collections, images (with vectors) and per-file errors."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        if url.startswith("sqlite:///"):
-            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.engine: Engine = create_engine(url)
-            if self.engine.dialect.name == "sqlite":
-                event.listen(self.engine, "connect", _sqlite_pragmas)
-            self._migrate()
+            if url.startswith("sqlite:///"):
+                Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(url)
+        except OSError as exc:
+            raise StoreError(f"cannot create the data directory for {url}: {exc}") from exc
+        except ModuleNotFoundError as exc:
+            raise StoreError(f"the database driver for {url.split(':')[0]} is not installed ({exc.name}); "
+                             "for PostgreSQL: pip install 'searchengine[postgres]'") from exc
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot open the metadata store {self._safe_url()}: {exc.__class__.__name__}: {exc.orig if hasattr(exc, 'orig') else exc}") from exc
-
-    def _safe_url(self) -> str:
-        return self.engine.url.render_as_string(hide_password=True) if hasattr(self, "engine") else "<url>"
+            raise StoreError(f"invalid database URL {url!r}: {exc}") from exc
+        if engine.dialect.name == "sqlite":
+            event.listen(engine, "connect", _sqlite_pragmas)
+        self.engine = _Engine(engine)
+        self._migrate()
 
     def close(self) -> None:
         self.engine.dispose()
@@ -324,42 +364,39 @@ class Store:
                     cleared_errors: Sequence[str] = ()) -> tuple[list[int], int]:
         """Apply one batch of changes in one transaction; returns (ids of ``new``, the batch's seq)."""
         now = time.time()
-        try:
-            with self.engine.begin() as conn:
-                seq = int(conn.execute(select(collections.c.next_seq).where(collections.c.id == collection_id)).scalar_one())
-                conn.execute(update(collections).where(collections.c.id == collection_id).values(next_seq=seq + 1))
-                if removed:
-                    for chunk in _chunks(list(removed), 900):
-                        conn.execute(delete(images).where(images.c.collection_id == collection_id, images.c.id.in_(chunk)))
-                for image_id, n in moved:
-                    conn.execute(update(images).where(images.c.id == image_id).values(path=n.path, size=n.size, mtime=n.mtime))
-                if updated:
-                    for (image_id, n), blob in zip(updated, pack_vectors(updated_vectors)):
-                        conn.execute(update(images).where(images.c.id == image_id).values(
-                            path=n.path, size=n.size, mtime=n.mtime, content_hash=n.content_hash,
-                            width=n.width, height=n.height, vector=blob, seq=seq, indexed_at=now))
-                new_ids: list[int] = []
-                if new:
-                    blobs = pack_vectors(new_vectors)
-                    rows = [dict(collection_id=collection_id, path=n.path, size=n.size, mtime=n.mtime,
-                                 content_hash=n.content_hash, width=n.width, height=n.height, vector=b,
-                                 seq=seq, indexed_at=now) for n, b in zip(new, blobs)]
-                    result = conn.execute(insert(images).returning(images.c.id, sort_by_parameter_order=True), rows)
-                    new_ids = [int(r[0]) for r in result]
-                for image_id, n in touched:
-                    conn.execute(update(images).where(images.c.id == image_id).values(size=n.size, mtime=n.mtime))
-                done_paths = [n.path for n in new] + [n.path for _, n in (*updated, *moved, *touched)]
-                for chunk in _chunks(done_paths + list(cleared_errors), 900):
-                    conn.execute(delete(file_errors).where(file_errors.c.collection_id == collection_id,
-                                                           file_errors.c.path.in_(chunk)))
-                for err in errors:
-                    conn.execute(delete(file_errors).where(file_errors.c.collection_id == collection_id,
-                                                           file_errors.c.path == err.path))
-                    conn.execute(insert(file_errors).values(collection_id=collection_id, path=err.path, size=err.size,
-                                                            mtime=err.mtime, error=err.error, at=err.at))
-            return new_ids, seq
-        except SQLAlchemyError as exc:
-            raise StoreError(f"cannot write to the metadata store: {exc}") from exc
+        with self.engine.begin() as conn:
+            seq = int(conn.execute(select(collections.c.next_seq).where(collections.c.id == collection_id)).scalar_one())
+            conn.execute(update(collections).where(collections.c.id == collection_id).values(next_seq=seq + 1))
+            if removed:
+                for chunk in _chunks(list(removed), 900):
+                    conn.execute(delete(images).where(images.c.collection_id == collection_id, images.c.id.in_(chunk)))
+            for image_id, n in moved:
+                conn.execute(update(images).where(images.c.id == image_id).values(path=n.path, size=n.size, mtime=n.mtime))
+            if updated:
+                for (image_id, n), blob in zip(updated, pack_vectors(updated_vectors)):
+                    conn.execute(update(images).where(images.c.id == image_id).values(
+                        path=n.path, size=n.size, mtime=n.mtime, content_hash=n.content_hash,
+                        width=n.width, height=n.height, vector=blob, seq=seq, indexed_at=now))
+            new_ids: list[int] = []
+            if new:
+                blobs = pack_vectors(new_vectors)
+                rows = [dict(collection_id=collection_id, path=n.path, size=n.size, mtime=n.mtime,
+                             content_hash=n.content_hash, width=n.width, height=n.height, vector=b,
+                             seq=seq, indexed_at=now) for n, b in zip(new, blobs)]
+                result = conn.execute(insert(images).returning(images.c.id, sort_by_parameter_order=True), rows)
+                new_ids = [int(r[0]) for r in result]
+            for image_id, n in touched:
+                conn.execute(update(images).where(images.c.id == image_id).values(size=n.size, mtime=n.mtime))
+            done_paths = [n.path for n in new] + [n.path for _, n in (*updated, *moved, *touched)]
+            for chunk in _chunks(done_paths + list(cleared_errors), 900):
+                conn.execute(delete(file_errors).where(file_errors.c.collection_id == collection_id,
+                                                       file_errors.c.path.in_(chunk)))
+            for err in errors:
+                conn.execute(delete(file_errors).where(file_errors.c.collection_id == collection_id,
+                                                       file_errors.c.path == err.path))
+                conn.execute(insert(file_errors).values(collection_id=collection_id, path=err.path, size=err.size,
+                                                        mtime=err.mtime, error=err.error, at=err.at))
+        return new_ids, seq
 
     # -- errors ---------------------------------------------------------------------------
     def file_errors(self, collection_id: int, roots: Sequence[str] | None = None) -> list[FileErrorRecord]:

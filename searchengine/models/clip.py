@@ -100,6 +100,10 @@ def _check_local_dir(path: Path, spec: str) -> None:
 def _explain_load_failure(parsed: ParsedSpec, exc: BaseException | None,
                           why: str = "the download failed (no network?) and they are not in the local cache") -> ModelLoadError:
     text = str(exc) if exc is not None else ""
+    local = parsed.model_name.startswith("local-dir:") or (parsed.pretrained and Path(parsed.pretrained).is_file())
+    if local and exc is not None:
+        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        return ModelLoadError(f"cannot load the model {parsed.spec!r} from its files: {first[:300]}")
     if "not found in built-ins" in text:
         return ModelLoadError(f"unknown model architecture {parsed.model_name!r} in {parsed.spec!r}")
     if "not a known tag or valid file path" in text:
@@ -231,6 +235,7 @@ def load_encoder(spec: str, device: str = "auto") -> ClipEncoder:
     resolved = select_device(device)
     import open_clip
     import torch
+    from safetensors import SafetensorError
 
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
@@ -238,7 +243,7 @@ def load_encoder(spec: str, device: str = "auto") -> ClipEncoder:
             precision="fp16" if resolved.startswith("cuda") else "fp32",
         )
         tokenizer = open_clip.get_tokenizer(parsed.model_name)
-    except (RuntimeError, ValueError, OSError, KeyError) as exc:
+    except (RuntimeError, ValueError, OSError, KeyError, SafetensorError) as exc:
         raise _explain_load_failure(parsed, exc) from exc
     model.eval()
     torch.set_flush_denormal(True)

@@ -77,3 +77,14 @@ def test_load_errors_say_what_to_pass(tmp_path, monkeypatch):
         load_encoder("NoSuchNet:/x.pt", "cpu")
     with pytest.raises(ModelLoadError, match="neither a known pretrained tag"):
         load_encoder("ViT-B-32:no_such_tag", "cpu")
+
+
+def test_broken_local_weights_say_so(tiny_model, tmp_path):
+    import shutil
+
+    folder = tmp_path / "broken"
+    shutil.copytree(tiny_model.split(":", 1)[1], folder)
+    weights = folder / "open_clip_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ModelLoadError, match="cannot load the model .* from its files"):
+        load_encoder(f"local-dir:{folder}", "cpu")

@@ -83,3 +83,21 @@ def test_paths_are_unique_per_collection(store):
         store.write_batch(cid, new=[img("/a/1.jpg")], new_vectors=np.zeros((1, 4), np.float32))
     other = coll(store, "d").id
     store.write_batch(other, new=[img("/a/1.jpg")], new_vectors=np.zeros((1, 4), np.float32))
+
+
+def test_store_errors_are_store_errors(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreError, match="data directory"):
+        Store(f"sqlite:///{tmp_path / 'file' / 'sub' / 'db.sqlite'}")
+    with pytest.raises(StoreError, match="invalid database URL"):
+        Store("nosuchdb://u@localhost/db")
+    # without psycopg installed: the extra to install; with it: nothing listens on port 1
+    with pytest.raises(StoreError, match=r"searchengine\[postgres\]|database error"):
+        Store("postgresql+psycopg://u@127.0.0.1:1/db")
+
+
+def test_big_sizes_fit(store):
+    cid = coll(store).id
+    big = NewImage(path="/huge.tif", size=5 * 2**30, mtime=1.0, content_hash="h", width=1, height=1)
+    ids, _ = store.write_batch(cid, new=[big], new_vectors=np.zeros((1, 4), np.float32))
+    assert store.images_by_ids(cid, ids)[ids[0]].size == 5 * 2**30
