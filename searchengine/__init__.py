@@ -12,8 +12,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
-    CollectionNotFoundError, ConfigError, ImageDecodeError, ModelError, ModelLoadError, ModelMismatchError,
-    QueryError, SearchEngineError, StoreError, VectorIndexError,
+    CollectionNotFoundError,
+    ConfigError,
+    ImageDecodeError,
+    ModelError,
+    ModelLoadError,
+    ModelMismatchError,
+    QueryError,
+    SearchEngineError,
+    StoreError,
+    VectorIndexError,
 )
 
 __version__ = "0.1.0"

@@ -17,7 +17,12 @@ import typer
 
 from . import __version__
 from .errors import (
-    CollectionNotFoundError, ConfigError, ModelLoadError, ModelMismatchError, QueryError, SearchEngineError,
+    CollectionNotFoundError,
+    ConfigError,
+    ModelLoadError,
+    ModelMismatchError,
+    QueryError,
+    SearchEngineError,
 )
 
 app = typer.Typer(
@@ -65,7 +70,7 @@ def _errors() -> Iterator[None]:
         _fail(str(exc), code)
     except KeyboardInterrupt:
         typer.echo("\nInterrupted. Everything written so far is kept; run the command again to finish.", err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
 
 
 def _logging(verbose: bool) -> None:

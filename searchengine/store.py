@@ -15,8 +15,25 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from sqlalchemy import (
-    BigInteger, Column, Float, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Table, Text,
-    UniqueConstraint, create_engine, delete, event, func, insert, select, update,
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
 )
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -49,13 +66,19 @@ collections = Table(
     Column("created_at", Float, nullable=False),
 )
 
+def _file_columns() -> list[Column]:
+    """The columns every per-file table starts with: a 64-bit key, the collection, the file's stat."""
+    return [
+        Column("id", BigInt, primary_key=True),
+        Column("collection_id", Integer, ForeignKey("collections.id", ondelete="CASCADE"), nullable=False),
+        Column("path", Text, nullable=False),
+        Column("size", BigInt, nullable=False),
+        Column("mtime", Float, nullable=False),
+    ]
+
+
 images = Table(
-    "images", metadata,
-    Column("id", BigInt, primary_key=True),
-    Column("collection_id", Integer, ForeignKey("collections.id", ondelete="CASCADE"), nullable=False),
-    Column("path", Text, nullable=False),
-    Column("size", BigInt, nullable=False),
-    Column("mtime", Float, nullable=False),
+    "images", metadata, *_file_columns(),
     Column("content_hash", String(64), nullable=False),
     Column("width", Integer, nullable=False),
     Column("height", Integer, nullable=False),
@@ -68,12 +91,7 @@ images = Table(
 )
 
 file_errors = Table(
-    "file_errors", metadata,
-    Column("id", BigInt, primary_key=True),
-    Column("collection_id", Integer, ForeignKey("collections.id", ondelete="CASCADE"), nullable=False),
-    Column("path", Text, nullable=False),
-    Column("size", BigInt, nullable=False),
-    Column("mtime", Float, nullable=False),
+    "file_errors", metadata, *_file_columns(),
     Column("error", Text, nullable=False),
     Column("at", Float, nullable=False),
     UniqueConstraint("collection_id", "path", name="uq_errors_path"),
@@ -174,21 +192,19 @@ class _Engine:
         self.url = engine.url
         self.dialect = engine.dialect
 
-    @contextmanager
-    def connect(self) -> Iterator[Connection]:
-        try:
-            with self._engine.connect() as conn:
-                yield conn
-        except SQLAlchemyError as exc:
-            raise StoreError(f"database error: {_reason(exc)}") from exc
+    def connect(self):
+        return self._translating(self._engine.connect, "database error")
+
+    def begin(self):
+        return self._translating(self._engine.begin, "cannot write to the metadata store")
 
     @contextmanager
-    def begin(self) -> Iterator[Connection]:
+    def _translating(self, opener: Callable, what: str) -> Iterator[Connection]:
         try:
-            with self._engine.begin() as conn:
+            with opener() as conn:
                 yield conn
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot write to the metadata store: {_reason(exc)}") from exc
+            raise StoreError(f"{what}: {_reason(exc)}") from exc
 
     def dispose(self) -> None:
         self._engine.dispose()

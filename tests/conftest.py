@@ -44,3 +44,16 @@ def photos(tmp_path) -> Path:
         imagegen.photo(folder / f"img{i}.jpg", seed=i)
     imagegen.photo(folder / "sub" / "deep.png", seed=99)
     return folder
+
+
+@pytest.fixture
+def run(tiny_model, request):
+    """``run(*paths, **kw)``: index into the test module's ``COLL`` collection with the tiny model."""
+    from indexer import index_folder
+
+    collection = getattr(request.module, "COLL", "test")
+
+    def _run(*paths, **kw):
+        return index_folder(list(paths), collection=collection, model=tiny_model, **kw)
+
+    return _run

@@ -8,20 +8,11 @@ import signal
 
 import pytest
 
-from indexer import index_folder
 from searchengine import SearchEngine
 from searchengine.errors import ConfigError
 from tests import imagegen
 
 COLL = "edges"
-
-
-@pytest.fixture
-def run(tiny_model):
-    def _run(*paths, **kw):
-        return index_folder(list(paths), collection=COLL, model=tiny_model, **kw)
-
-    return _run
 
 
 def assert_each_file_finds_itself(folder):
@@ -125,7 +116,7 @@ def test_a_decoder_crash_costs_one_file(run, photos, monkeypatch):
 def test_a_mistyped_path_creates_no_collection(run, tmp_path):
     with pytest.raises(ConfigError, match="no such"):
         run(tmp_path / "typo")
-    from searchengine.store import Store
     from searchengine.config import Settings
+    from searchengine.store import Store
 
     assert Store(Settings.from_env().database_url).list_collections() == []

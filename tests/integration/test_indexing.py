@@ -17,14 +17,6 @@ from tests import imagegen
 COLL = "test"
 
 
-@pytest.fixture
-def run(tiny_model):
-    def _run(*paths, **kw):
-        return index_folder(list(paths), collection=COLL, model=tiny_model, **kw)
-
-    return _run
-
-
 def open_engine() -> SearchEngine:
     return SearchEngine.open(COLL)
 
