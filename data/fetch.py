@@ -22,7 +22,8 @@ licence, see ``CACHE/pkgs/PKG/usr/share/doc/PKG/copyright``.
 Usage::
 
     python data/fetch.py --list
-    python data/fetch.py wallpapers opencv-samples tuxpaint
+    python data/fetch.py wallpapers opencv-samples tuxpaint fashion-mnist openclipart
+    python data/fetch.py --fashion-train fashion-mnist   # also the 60,000 train images
 
 For each data set one line goes to stdout: ``NAME: N images in PATH``.
 Progress goes to stderr (silence it with ``-q``).
@@ -33,14 +34,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import gzip
 import os
+import random
 import re
 import shutil
 import struct
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+import xml.etree.ElementTree as ET
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +56,7 @@ DEFAULT_CACHE = Path(__file__).resolve().parent / "cache"
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
 STAMP = ".fetch-stamp.json"
 # Bump when a prepare function changes its output, so old folders get rebuilt.
-PREPARE_VERSION = 1
+PREPARE_VERSION = 2
 
 
 class FetchError(Exception):
@@ -279,7 +284,8 @@ def prepare_tuxpaint(roots: PackageRoots, out: Path) -> None:
 
     Keeps the category folders (``animals/mammals/lion.png``), since a few
     stems occur in several categories.  ``*_mirror.png`` (pre-mirrored copies
-    of another stamp) are skipped.
+    of another stamp) are skipped.  Also writes the object-disjoint
+    ``train.jsonl`` / ``test.jsonl`` split (see :func:`split_tuxpaint`).
     """
     stamps = roots["tuxpaint-stamps-default"] / "usr/share/tuxpaint/stamps"
     records = []
@@ -294,9 +300,297 @@ def prepare_tuxpaint(roots: PackageRoots, out: Path) -> None:
         link_or_copy(image, out / rel)
         records.append({"image": rel.as_posix(), "captions": captions, "object": image.stem,
                         "category": rel.parent.as_posix()})
-    with (out / "manifest.jsonl").open("w", encoding="utf-8") as f:
+    write_jsonl(out / "manifest.jsonl", records)
+    train, test = split_tuxpaint(records)
+    write_jsonl(out / "train.jsonl", train)
+    write_jsonl(out / "test.jsonl", test)
+    log.info("tuxpaint split: train %d images (%d groups), test %d images (%d groups), "
+             "%d letter stamps in neither", len(train), len({tuxpaint_group(r) for r in train}),
+             len(test), len({tuxpaint_group(r) for r in test}),
+             len(records) - len(train) - len(test))
+
+
+def write_jsonl(path: Path, records: Iterable[Mapping[str, object]]) -> None:
+    with path.open("w", encoding="utf-8") as f:
         for record in records:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+TUXPAINT_SPLIT_SEED = 20261122
+TUXPAINT_TEST_FRACTION = 0.2
+TUXPAINT_LETTER_CATEGORY = "symbols/alphabets"
+_NUMBER_SUFFIX = re.compile(r"[-_]?\d+$")
+
+
+def tuxpaint_group(record: Mapping[str, object]) -> str:
+    """The split unit of a Tux Paint stamp: its stem, lower-cased, without a
+    trailing number (``lion`` and ``lion-2``, ``flower1``…``flower10``,
+    ``yen001``…``yen500`` each form one group).  A stem that is only a number
+    (``0``…``9``, ``747``) stays its own group.
+    """
+    stem = str(record["object"]).lower()
+    return _NUMBER_SUFFIX.sub("", stem) or stem
+
+
+def is_tuxpaint_letter(record: Mapping[str, object]) -> bool:
+    category = str(record["category"])
+    return category == TUXPAINT_LETTER_CATEGORY or category.startswith(
+        TUXPAINT_LETTER_CATEGORY + "/")
+
+
+def split_tuxpaint(records: list[dict[str, object]],
+                   seed: int = TUXPAINT_SPLIT_SEED,
+                   test_fraction: float = TUXPAINT_TEST_FRACTION,
+                   ) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    """Deterministic object-disjoint train/test split of the manifest records.
+
+    Alphabet stamps (``symbols/alphabets/...``: letters and ASL hand signs)
+    are in neither part.  The other records are grouped by
+    :func:`tuxpaint_group`, so that one stem in several categories, and
+    numbered variants of one stem, land on the same side.  The sorted group
+    names are shuffled with ``random.Random(seed)`` and the first
+    ``round(test_fraction * groups)`` go to test.  Both lists keep manifest order.
+    """
+    groups = sorted({tuxpaint_group(r) for r in records if not is_tuxpaint_letter(r)})
+    random.Random(seed).shuffle(groups)
+    test_groups = set(groups[:round(test_fraction * len(groups))])
+    train, test = [], []
+    for record in records:
+        if not is_tuxpaint_letter(record):
+            (test if tuxpaint_group(record) in test_groups else train).append(record)
+    return train, test
+
+
+# Fashion-MNIST -------------------------------------------------------------
+
+# (folder name, zero-shot prompt label) by class index, from the upstream README.
+FASHION_CLASSES = (
+    ("tshirt_top", "t-shirt or top"),
+    ("trouser", "trouser"),
+    ("pullover", "pullover"),
+    ("dress", "dress"),
+    ("coat", "coat"),
+    ("sandal", "sandal"),
+    ("shirt", "shirt"),
+    ("sneaker", "sneaker"),
+    ("bag", "bag"),
+    ("ankle_boot", "ankle boot"),
+)
+
+
+def _open_maybe_gzip(path: Path) -> bytes:
+    data = path.read_bytes()
+    return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+
+
+def read_idx(path: Path) -> tuple[tuple[int, ...], bytes]:
+    """Read an unsigned-byte IDX file (gzipped or not): ``(shape, raw bytes)``."""
+    data = _open_maybe_gzip(path)
+    if len(data) < 4 or data[:2] != b"\0\0" or data[2] != 0x08:
+        raise FetchError(f"{path.name}: not an unsigned-byte IDX file")
+    ndim = data[3]
+    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    body = data[4 + 4 * ndim:]
+    expected = 1
+    for n in shape:
+        expected *= n
+    if len(body) != expected:
+        raise FetchError(f"{path.name}: {len(body)} bytes of data, shape {shape} needs {expected}")
+    return shape, body
+
+
+def png_gray(width: int, height: int, pixels: bytes) -> bytes:
+    """Encode 8-bit grayscale *pixels* (row-major) as a PNG file."""
+    def chunk(tag: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + tag + body
+                + struct.pack(">I", zlib.crc32(tag + body) & 0xFFFFFFFF))
+    rows = b"".join(b"\0" + pixels[y * width:(y + 1) * width] for y in range(height))
+    return (b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b""))
+
+
+def _find_idx(folder: Path, name: str) -> Path:
+    for candidate in (folder / name, folder / (name + ".gz")):
+        if candidate.is_file():
+            return candidate
+    raise FetchError(f"{name}[.gz] not found in {folder}")
+
+
+def prepare_fashion_split(folder: Path, prefix: str, out: Path) -> int:
+    """Write one Fashion-MNIST split (``t10k`` or ``train``) as PNGs under *out*."""
+    shape, pixels = read_idx(_find_idx(folder, f"{prefix}-images-idx3-ubyte"))
+    (count,), labels = read_idx(_find_idx(folder, f"{prefix}-labels-idx1-ubyte"))
+    if len(shape) != 3 or shape[0] != count:
+        raise FetchError(f"fashion-mnist {prefix}: {shape[0]} images but {count} labels")
+    _, height, width = shape
+    size = height * width
+    digits = len(str(count - 1))
+    records = []
+    for index in range(count):
+        label = labels[index]
+        if label >= len(FASHION_CLASSES):
+            raise FetchError(f"fashion-mnist {prefix}: label {label} out of range")
+        folder_name = FASHION_CLASSES[label][0]
+        rel = f"{folder_name}/{index:0{digits}d}.png"
+        path = out / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(png_gray(width, height, pixels[index * size:(index + 1) * size]))
+        records.append({"image": rel, "label": folder_name, "index": index})
+    write_jsonl(out / "manifest.jsonl", records)
+    (out / "labels.json").write_text(
+        json.dumps(dict(FASHION_CLASSES), indent=2) + "\n", encoding="utf-8")
+    return count
+
+
+def prepare_fashion_mnist(roots: PackageRoots, out: Path, train: bool = False) -> None:
+    """Fashion-MNIST as 28x28 grayscale PNGs: ``test/CLASS/INDEX.png`` (10,000)
+    and, with *train*, ``train/CLASS/INDEX.png`` (60,000).
+
+    Each split folder has ``manifest.jsonl`` (``{"image", "label", "index"}``,
+    ``index`` = position in the IDX file) and ``labels.json`` (folder name ->
+    prompt text, e.g. ``"tshirt_top": "t-shirt or top"``).  The pixels are the
+    raw ones: light garment on a black background.
+    """
+    folder = roots["dataset-fashion-mnist"] / "usr/share/datasets/fashion-mnist"
+    for prefix, split, wanted in (("t10k", "test", True), ("train", "train", train)):
+        if wanted:
+            count = prepare_fashion_split(folder, prefix, out / split)
+            log.info("fashion-mnist %s: %d images", split, count)
+
+
+# Open Clip Art Library -------------------------------------------------------
+
+OPENCLIPART_MIN_SIDE = 32
+OPENCLIPART_MAX_SIDE = 4096
+OPENCLIPART_MAX_IMAGES = 20_000
+OPENCLIPART_SAMPLE_SEED = 20261122
+# A (cleaned) title shared by more images than this is a collection name
+# ("gramastar", "Lemon SVG theme", "card"...), not a description of the image.
+OPENCLIPART_GENERIC_TITLE_COUNT = 3
+_DC = "{http://purl.org/dc/elements/1.1/}"
+_CC = "{http://web.resource.org/cc/}"
+_RDF = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}"
+_CLIPART_BY = re.compile(r"^clipart by .*? - ", re.IGNORECASE)
+_NOISE_KEYWORDS = frozenset({"", "hash"})
+
+
+def _text(element: ET.Element | None) -> str:
+    if element is None or element.text is None:
+        return ""
+    return " ".join(element.text.split())
+
+
+def read_svg_metadata(svg: Path) -> tuple[str, list[str], str]:
+    """``(title, keywords, creator)`` from an SVG's Dublin Core metadata
+    (``dc:title``, ``dc:subject/rdf:Bag/rdf:li``, ``dc:creator``).  Empty
+    values when the file is missing, unreadable or has none."""
+    try:
+        root = ET.parse(svg).getroot()
+    except (OSError, ET.ParseError) as exc:
+        log.debug("no metadata from %s: %s", svg, exc)
+        return "", [], ""
+    work = root.find(f".//{_CC}Work")
+    if work is None:
+        return "", [], ""
+    title = _text(work.find(f"{_DC}title"))
+    keywords = [_text(li) for li in work.iterfind(f"{_DC}subject/{_RDF}Bag/{_RDF}li")]
+    creator = _text(work.find(f"{_DC}creator/{_CC}Agent/{_DC}title"))
+    return title, keywords, creator
+
+
+def clean_clipart_title(title: str) -> str:
+    """``"Clipart by Nicu Buculei - piggybank"`` -> ``"piggybank"``; ``_`` -> space."""
+    title = _CLIPART_BY.sub("", title).replace("_", " ")
+    return " ".join(title.split())
+
+
+def name_from_file(stem: str, creator: str = "") -> str:
+    """A caption made from a clip-art file name: ``"gattina_cat_architetto_f_01"``
+    by Architetto Francesco Rollandin -> ``"gattina cat"``.
+
+    Splits on ``_``/``-``, then drops trailing numbers and trailing tokens that
+    begin a word of the creator's name (the file names end with a truncated
+    author name), always keeping the first token.
+    """
+    tokens = [t for t in re.split(r"[_\-\s]+", stem.lower()) if t]
+    author = [w for w in re.split(r"\W+", creator.lower()) if w]
+    while len(tokens) > 1 and (tokens[-1].isdigit()
+                               or any(w.startswith(tokens[-1]) for w in author)):
+        tokens.pop()
+    return " ".join(tokens)
+
+
+def clean_keywords(keywords: Iterable[str], creator: str, drop: Iterable[str] = ()) -> list[str]:
+    """Keywords without blanks, ``hash``, the creator's name, *drop* and duplicates."""
+    seen = {creator.lower(), *(d.lower() for d in drop)} | _NOISE_KEYWORDS
+    kept = []
+    for keyword in keywords:
+        keyword = " ".join(keyword.replace("_", " ").split())
+        if keyword.lower() not in seen:
+            seen.add(keyword.lower())
+            kept.append(keyword)
+    return kept
+
+
+def prepare_openclipart(roots: PackageRoots, out: Path) -> None:
+    """Open Clip Art Library 0.18 PNGs with captions from the SVG metadata.
+
+    * Images: ``openclipart-png``'s ``usr/share/openclipart/png/CATEGORY/NAME.png``
+      (real files; the symlinked copies in other categories are skipped),
+      keeping the category folders.  Images with a side under 32 or over 4096
+      pixels are skipped; at most ``OPENCLIPART_MAX_IMAGES``, drawn with a
+      fixed seed when there are more.
+    * Captions: from the matching ``openclipart-svg`` file (same path, ``.svg``):
+      ``dc:title`` and the ``dc:subject`` keywords.  Titles that are
+      collection names (shared by more than 3 images) or empty are replaced
+      by a name made from the file name.  ``captions`` is
+      ``[name, "name, keyword, keyword..."]`` (the second one only when there
+      are keywords).  The raw ``title`` and the cleaned ``keywords`` are kept too.
+    """
+    png_root = roots["openclipart-png"] / "usr/share/openclipart/png"
+    svg_root = roots["openclipart-svg"] / "usr/share/openclipart/svg"
+    images = []
+    skipped = 0
+    for image in iter_images(png_root):
+        size = image_size(image)
+        if (size is None or min(size) < OPENCLIPART_MIN_SIDE
+                or max(size) > OPENCLIPART_MAX_SIDE):
+            skipped += 1
+            continue
+        images.append(image)
+    if len(images) > OPENCLIPART_MAX_IMAGES:
+        images = sorted(random.Random(OPENCLIPART_SAMPLE_SEED).sample(
+            images, OPENCLIPART_MAX_IMAGES))
+    log.info("openclipart: %d images kept, %d skipped for size", len(images), skipped)
+
+    metadata = {}
+    for image in images:
+        rel = image.relative_to(png_root)
+        title, keywords, creator = read_svg_metadata((svg_root / rel).with_suffix(".svg"))
+        metadata[rel] = (title, keywords, creator)
+    title_counts: dict[str, int] = {}
+    for title, _, _ in metadata.values():
+        key = clean_clipart_title(title).lower()
+        title_counts[key] = title_counts.get(key, 0) + 1
+
+    records = []
+    from_file = 0
+    for image in images:
+        rel = image.relative_to(png_root)
+        title, keywords, creator = metadata[rel]
+        name = clean_clipart_title(title)
+        if not name or title_counts[name.lower()] > OPENCLIPART_GENERIC_TITLE_COUNT:
+            name = name_from_file(image.stem, creator)
+            from_file += 1
+        kept = clean_keywords(keywords, creator, drop=(name,))
+        captions = [name] + ([", ".join([name, *kept])] if kept else [])
+        link_or_copy(image, out / rel)
+        records.append({"image": rel.as_posix(), "captions": captions, "title": title,
+                        "keywords": kept, "category": rel.parent.as_posix()})
+    write_jsonl(out / "manifest.jsonl", records)
+    log.info("openclipart: %d names from SVG titles, %d from file names",
+             len(records) - from_file, from_file)
 
 
 # --------------------------------------------------------------------------
@@ -306,11 +600,17 @@ def prepare_tuxpaint(roots: PackageRoots, out: Path) -> None:
 
 @dataclass(frozen=True)
 class DataSet:
-    """A named data set: Debian packages plus the step that builds its folder."""
+    """A named data set: Debian packages plus the step that builds its folder.
+
+    *options* names boolean keyword arguments of *prepare* that add optional
+    parts (off by default).  A folder prepared with an option on is reused
+    when the option is asked off; asking for it on rebuilds the folder.
+    """
 
     description: str
     packages: tuple[str, ...] = ()
-    prepare: Callable[[PackageRoots, Path], None] | None = None
+    prepare: Callable[..., None] | None = None
+    options: tuple[str, ...] = ()
 
     @property
     def available(self) -> bool:
@@ -333,8 +633,18 @@ DATASETS: dict[str, DataSet] = {
         ("tuxpaint-stamps-default",),
         prepare_tuxpaint,
     ),
-    "fashion-mnist": DataSet("TODO: labelled 28x28 clothing images (tracked in its own issue)"),
-    "openclipart": DataSet("TODO: Open Clip Art Library images (tracked in its own issue)"),
+    "fashion-mnist": DataSet(
+        "Fashion-MNIST 28x28 clothing images in 10 labelled class folders "
+        "(test split; train too with --fashion-train)",
+        ("dataset-fashion-mnist",),
+        prepare_fashion_mnist,
+        options=("train",),
+    ),
+    "openclipart": DataSet(
+        "Open Clip Art Library 0.18 PNG clip art with captions from the SVG titles/keywords",
+        ("openclipart-png", "openclipart-svg"),
+        prepare_openclipart,
+    ),
 }
 
 
@@ -342,19 +652,43 @@ def count_images(folder: Path) -> int:
     return sum(1 for _ in iter_images(folder))
 
 
-def fetch(name: str, cache: Path, force: bool = False) -> Path:
-    """Download, extract and prepare data set *name*; return its folder."""
+def _stamp_covers(old: object, new: dict[str, object]) -> bool:
+    """Whether a folder stamped *old* has everything that *new* asks for."""
+    if not isinstance(old, dict) or set(old) != set(new):
+        return False
+    old_options, new_options = old.get("options", {}), new.get("options", {})
+    if any(old[key] != new[key] for key in new if key != "options"):
+        return False
+    if not isinstance(old_options, dict) or not isinstance(new_options, dict):
+        return False
+    return all(old_options.get(key, False) or not on for key, on in new_options.items())
+
+
+def fetch(name: str, cache: Path, force: bool = False,
+          options: Mapping[str, bool] | None = None) -> Path:
+    """Download, extract and prepare data set *name*; return its folder.
+
+    *options* turns on optional parts (``DataSet.options``), e.g.
+    ``{"train": True}`` for fashion-mnist.
+    """
     dataset = DATASETS[name]
     if not dataset.available:
         raise FetchError(f"data set {name!r} is not available yet ({dataset.description})")
+    unknown = set(options or {}) - set(dataset.options)
+    if unknown:
+        raise FetchError(f"data set {name!r} has no option(s) {', '.join(sorted(unknown))}")
+    opts = {key: bool((options or {}).get(key, False)) for key in dataset.options}
     _require_tools()
     debs = {pkg: download(pkg, cache) for pkg in dataset.packages}
     out = cache / name
-    stamp = {"version": PREPARE_VERSION, "debs": sorted(deb.name for deb in debs.values())}
+    stamp: dict[str, object] = {"version": PREPARE_VERSION,
+                                "debs": sorted(deb.name for deb in debs.values())}
+    if opts:
+        stamp["options"] = opts
     stamp_path = out / STAMP
     if not force and stamp_path.is_file():
         try:
-            if json.loads(stamp_path.read_text()) == stamp:
+            if _stamp_covers(json.loads(stamp_path.read_text()), stamp):
                 return out
         except ValueError:
             pass
@@ -363,7 +697,7 @@ def fetch(name: str, cache: Path, force: bool = False) -> Path:
     scratch = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache))
     try:
         assert dataset.prepare is not None
-        dataset.prepare(roots, scratch)
+        dataset.prepare(roots, scratch, **opts)
         (scratch / STAMP).write_text(json.dumps(stamp) + "\n")
         _replace_dir(scratch, out)
     finally:
@@ -405,6 +739,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--force", action="store_true",
                         help="re-extract and re-prepare (downloaded .deb files are kept)")
+    parser.add_argument("--fashion-train", action="store_true",
+                        help="fashion-mnist: also write the 60,000-image train split "
+                        "(kept by later runs without this flag, until --force)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     parser.add_argument("-v", "--verbose", action="store_true", help="show commands run")
     return parser
@@ -426,9 +763,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown data set(s): {', '.join(unknown)} (see --list)")
 
     cache = (args.cache or default_cache()).resolve()
+    options = {"fashion-mnist": {"train": args.fashion_train}}
     try:
         for name in args.names:
-            folder = fetch(name, cache, force=args.force)
+            folder = fetch(name, cache, force=args.force, options=options.get(name))
             print(f"{name}: {count_images(folder)} images in {folder}", flush=True)
     except FetchError as exc:
         print(f"fetch: error: {exc}", file=sys.stderr)
