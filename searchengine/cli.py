@@ -239,6 +239,72 @@ def rebuild_index(
             typer.echo(f"Rebuilt the {st.index_factory} index ({st.index_type}) with {n} vectors.")
 
 
+eval_app = typer.Typer(help="Measure retrieval quality (recall@k) and zero-shot accuracy.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+ModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", "-m", envvar="SEARCHENGINE_MODEL", show_default=False,
+    help="Model spec to evaluate [default: ViT-B-32:laion2b_s34b_b79k].")]
+
+
+@eval_app.command("retrieval")
+def eval_retrieval(
+    source: Annotated[Path, typer.Argument(help="Manifest (.jsonl/.csv with image + captions) or a folder with "
+                                                "sidecar .txt captions.", show_default=False)],
+    model: ModelOpt = None,
+    k: Annotated[list[int], typer.Option("-k", help="Cut-offs for recall@k (repeat the option).")] = [1, 5, 10],  # noqa: B006
+    all_captions: Annotated[bool, typer.Option("--all-captions", help="Query with every caption, not only the first.")] = False,
+    device: Device = "auto", json_out: Json = False, verbose: Verbose = False,
+) -> None:
+    """Text->image and image->text recall@k through a throwaway index (a query counts as found when
+    one of its correct items is in the top k)."""
+    _logging(verbose)
+    from .config import DEFAULT_MODEL
+    from .datasets import load_pairs
+    from .evaluate import evaluate_retrieval
+
+    with _errors():
+        report = evaluate_retrieval(load_pairs(source), model=model or DEFAULT_MODEL, device=device, ks=sorted(set(k)),
+                                    all_captions=all_captions)
+        if json_out:
+            _echo_json(report.to_dict())
+            return
+        typer.echo(f"{report.model}: {report.images} images, {report.text_queries} text queries, {report.seconds:.1f}s")
+        typer.echo("direction      " + "  ".join(f"R@{n:<4}" for n in report.text_to_image))
+        for name, rec in (("text->image", report.text_to_image), ("image->text", report.image_to_text)):
+            typer.echo(f"{name:<14} " + "  ".join(f"{v:.3f}" for v in rec.values()))
+
+
+@eval_app.command("zeroshot")
+def eval_zeroshot(
+    source: Annotated[Path, typer.Argument(help="Folder of class folders (optional labels.json: folder -> label text), "
+                                                "or a manifest with a 'label' field.", show_default=False)],
+    model: ModelOpt = None,
+    templates: Annotated[Optional[Path], typer.Option(
+        "--templates", show_default=False, help="File with one prompt template a line, each with '{}' [default: built-in].")] = None,
+    device: Device = "auto", json_out: Json = False, verbose: Verbose = False,
+) -> None:
+    """Zero-shot classification accuracy (top-1/top-5) with prompt ensembling, as in the CLIP paper."""
+    _logging(verbose)
+    from .config import DEFAULT_MODEL
+    from .datasets import load_labelled
+    from .evaluate import evaluate_zeroshot
+    from .zeroshot import TEMPLATES
+
+    with _errors():
+        items, labels = load_labelled(source)
+        prompts = TEMPLATES if templates is None else [t for t in templates.read_text().splitlines() if t.strip()]
+        report = evaluate_zeroshot(items, labels, model=model or DEFAULT_MODEL, device=device, templates=prompts)
+        if json_out:
+            _echo_json(report.to_dict())
+            return
+        typer.echo(f"{report.model}: {report.images} images, {report.classes} classes, {report.templates} templates, "
+                   f"{report.seconds:.1f}s")
+        typer.echo(f"top-1 {report.top1:.3f}   top-5 {report.top5:.3f}")
+        for label, acc in report.per_class_top1.items():
+            typer.echo(f"  {label:<24} {acc:.3f}")
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"searchengine {__version__}")

@@ -321,16 +321,18 @@ class Store:
 
     def images_under(self, collection_id: int, roots: Sequence[str]) -> list[ImageRecord]:
         """Rows whose path is one of ``roots`` or lies below one of them."""
-        conds = []
-        for root in roots:
-            prefix = root.rstrip("/") + "/"
-            conds.append(images.c.path == root)
-            conds.append(func.substr(images.c.path, 1, len(prefix)) == prefix)
         from sqlalchemy import or_
 
+        out: list[ImageRecord] = []
         with self.engine.connect() as conn:
-            rows = conn.execute(select(*_IMAGE_COLS).where(images.c.collection_id == collection_id, or_(*conds)))
-            return [ImageRecord(**r._mapping) for r in rows]
+            for chunk in _chunks(list(roots), 200):  # bounded expression depth for many roots
+                conds = []
+                for root in chunk:
+                    prefix = root.rstrip("/") + "/"
+                    conds += [images.c.path == root, func.substr(images.c.path, 1, len(prefix)) == prefix]
+                rows = conn.execute(select(*_IMAGE_COLS).where(images.c.collection_id == collection_id, or_(*conds)))
+                out.extend(ImageRecord(**r._mapping) for r in rows)
+        return out
 
     def hash_index(self, collection_id: int) -> list[tuple[str, int, str]]:
         """(content hash, id, path) of every row, in id order."""

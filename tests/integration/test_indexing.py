@@ -307,3 +307,9 @@ def test_heic_photos_index_when_pillow_heif_is_installed(run, tmp_path):
     with open_engine() as engine:
         hit = engine.search_image(folder / "IMG_0001.HEIC", k=1)[0]
         assert (hit.width, hit.height) == (60, 40) and hit.score == pytest.approx(1.0, abs=2e-3)
+
+
+def test_many_single_files_as_roots(run, tmp_path):
+    files = [imagegen.photo(tmp_path / "flat" / f"f{i:04d}.jpg", seed=i, size=(16, 12)) for i in range(450)]
+    assert run(*files).added == 450
+    assert run(*files).unchanged == 450

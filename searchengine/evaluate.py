@@ -1,0 +1,146 @@
+"""Retrieval and zero-shot evaluation, run through the engine's real index and query path."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .datasets import Pair
+from .errors import ConfigError
+from .vectors import VectorIndex
+from .zeroshot import TEMPLATES, class_embeddings
+
+__all__ = ["RetrievalReport", "ZeroShotReport", "evaluate_retrieval", "evaluate_zeroshot", "recall_at"]
+
+
+@dataclass
+class RetrievalReport:
+    model: str
+    images: int
+    text_queries: int
+    text_to_image: dict[int, float]
+    image_to_text: dict[int, float]
+    seconds: float
+    failed_images: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ZeroShotReport:
+    model: str
+    images: int
+    classes: int
+    top1: float
+    top5: float
+    templates: int
+    seconds: float
+    per_class_top1: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def recall_at(ranked: Sequence[Sequence[int]], correct: Sequence[set[int]], ks: Sequence[int]) -> dict[int, float]:
+    """Share of queries with at least one correct item among their first k results, per k."""
+    if not ranked:
+        return {k: 0.0 for k in ks}
+    return {k: float(np.mean([bool(set(r[:k]) & c) for r, c in zip(ranked, correct)])) for k in ks}
+
+
+def evaluate_retrieval(pairs: Sequence[Pair], *, model: str, device: str = "auto", ks: Sequence[int] = (1, 5, 10),
+                       all_captions: bool = False, workers: int | None = None) -> RetrievalReport:
+    """Index the pairs' images into a throwaway collection, then query it.
+
+    text->image: each pair's first caption (every caption with ``all_captions``) must find the
+    pair's image; image->text: each image must find one of its own captions among all captions.
+    """
+    from indexer import index_folder
+
+    from .engine import SearchEngine
+
+    pairs = [p for p in pairs if p.captions]
+    if not pairs:
+        raise ConfigError("nothing to evaluate: no image with a caption")
+    started = time.perf_counter()
+    kmax = max(ks)
+    with tempfile.TemporaryDirectory(prefix="searchengine-eval-") as tmp:
+        links = Path(tmp) / "images"
+        links.mkdir()
+        by_path = {}
+        for n, pair in enumerate(pairs):
+            link = links / f"{n:07d}{pair.image.suffix.lower()}"
+            os.symlink(pair.image, link)
+            by_path[str(link)] = n
+        with SearchEngine.open("eval", data_dir=Path(tmp) / "home", model=model, device=device, create=True) as engine:
+            if workers is not None:
+                engine.settings = engine.settings.with_(workers=workers)
+            report = index_folder([links], engine=engine)
+            rows = engine.store.images_under(engine.collection.id, [str(links)])
+            row_pair = {r.id: by_path[r.path] for r in rows}
+            t2i = _text_to_image(engine, pairs, row_pair, kmax, all_captions)
+            i2t = _image_to_text(engine, pairs, row_pair, kmax)
+    return RetrievalReport(model=model, images=len(row_pair), text_queries=len(t2i[0]),
+                           text_to_image=recall_at(*t2i, ks), image_to_text=recall_at(*i2t, ks),
+                           seconds=time.perf_counter() - started, failed_images=report.failed)
+
+
+def _text_to_image(engine, pairs, row_pair, kmax, all_captions):
+    queries = [(n, c) for n, p in enumerate(pairs) for c in (p.captions if all_captions else p.captions[:1])]
+    vecs = _encode_texts(engine.encoder, [c for _, c in queries])
+    ranked = []
+    for vec in vecs:
+        ranked.append([row_pair[h.id] for h in engine.search_vector(vec, kmax) if h.id in row_pair])
+    return ranked, [{n} for n, _ in queries]
+
+
+def _image_to_text(engine, pairs, row_pair, kmax):
+    owner = [n for n, p in enumerate(pairs) for _ in p.captions]
+    vecs = _encode_texts(engine.encoder, [c for p in pairs for c in p.captions])
+    captions = VectorIndex.build("Flat", vecs.shape[1], np.arange(len(vecs), dtype=np.int64), vecs)
+    ids = sorted(row_pair)
+    image_vecs = engine.store.vectors_for(engine.collection.id, ids)
+    _, found = captions.search(image_vecs, kmax * 8)
+    ranked = []
+    for row in found:
+        seen: list[int] = []  # distinct pairs in rank order (an image's own captions are one answer)
+        for c in row:
+            if c >= 0 and owner[c] not in seen:
+                seen.append(owner[c])
+        ranked.append(seen[:kmax])
+    return ranked, [{row_pair[i]} for i in ids]
+
+
+def _encode_texts(encoder, texts: list[str], batch: int = 256) -> np.ndarray:
+    return np.concatenate([encoder.encode_texts(texts[i : i + batch]) for i in range(0, len(texts), batch)])
+
+
+def evaluate_zeroshot(items: Sequence[Pair], label_texts: dict[str, str], *, model: str, device: str = "auto",
+                      templates: Sequence[str] = TEMPLATES, batch_size: int = 64) -> ZeroShotReport:
+    """Top-1/top-5 accuracy of zero-shot classification with prompt ensembling."""
+    from .imaging import safe_open
+    from .models.clip import load_encoder
+
+    started = time.perf_counter()
+    encoder = load_encoder(model, device)
+    labels = sorted(label_texts)
+    classes = class_embeddings(encoder, [label_texts[lab] for lab in labels], templates)
+    truth = np.array([labels.index(p.label) for p in items])
+    scores = []
+    for i in range(0, len(items), batch_size):
+        images = [safe_open(p.image, draft_size=encoder.image_size) for p in items[i : i + batch_size]]
+        scores.append(encoder.encode_images(images) @ classes.T)
+    order = np.argsort(-np.concatenate(scores), axis=1)
+    top1 = order[:, 0] == truth
+    top5 = (order[:, :5] == truth[:, None]).any(axis=1)
+    per_class = {lab: float(top1[truth == j].mean()) for j, lab in enumerate(labels) if (truth == j).any()}
+    return ZeroShotReport(model=model, images=len(items), classes=len(labels), top1=float(top1.mean()),
+                          top5=float(top5.mean()), templates=len(templates),
+                          seconds=time.perf_counter() - started, per_class_top1=per_class)
