@@ -32,9 +32,9 @@ Progress goes to stderr (silence it with ``-q``).
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import logging
-import gzip
 import os
 import random
 import re
@@ -55,8 +55,9 @@ ENV_CACHE = "SEARCHENGINE_DATA_CACHE"
 DEFAULT_CACHE = Path(__file__).resolve().parent / "cache"
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
 STAMP = ".fetch-stamp.json"
-# Bump when a prepare function changes its output, so old folders get rebuilt.
-PREPARE_VERSION = 2
+# Bump when the output of every prepare function changes (the folder layout,
+# the stamp), so old folders get rebuilt; for one data set bump its ``version``.
+PREPARE_VERSION = 1
 
 
 class FetchError(Exception):
@@ -465,14 +466,18 @@ OPENCLIPART_MIN_SIDE = 32
 OPENCLIPART_MAX_SIDE = 4096
 OPENCLIPART_MAX_IMAGES = 20_000
 OPENCLIPART_SAMPLE_SEED = 20261122
-# A (cleaned) title shared by more images than this is a collection name
-# ("gramastar", "Lemon SVG theme", "card"...), not a description of the image.
+# A (cleaned) title shared by more differently named drawings than this is a
+# collection name ("gramastar", "Lemon SVG theme", "card"...), not a
+# description of the image.  Numbered variants of one drawing
+# (``lightning_jon_phillips_01``…``_05``) count once.
 OPENCLIPART_GENERIC_TITLE_COUNT = 3
 _DC = "{http://purl.org/dc/elements/1.1/}"
 _CC = "{http://web.resource.org/cc/}"
 _RDF = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}"
 _CLIPART_BY = re.compile(r"^clipart by .*? - ", re.IGNORECASE)
-_NOISE_KEYWORDS = frozenset({"", "hash"})
+# Words that mark a title as the name of a collection, not of one image.
+_COLLECTION_WORDS = re.compile(r"\b(collection|cliparts?|theme|iconset|icons)\b", re.IGNORECASE)
+_NOISE_KEYWORD = re.compile(r"^(hash\b.*|.)?$")  # blank, 1 character, "hash", "hash(0x8561edc)"
 
 
 def _text(element: ET.Element | None) -> str:
@@ -505,29 +510,54 @@ def clean_clipart_title(title: str) -> str:
     return " ".join(title.split())
 
 
+def _loose(text: str) -> str:
+    """Lower case, ``_``/``-`` as spaces: for comparing names."""
+    return " ".join(t for t in re.split(r"[_\-\s]+", text.lower()) if t)
+
+
+def is_specific_title(title: str, stem: str, drawings: int) -> bool:
+    """Whether an SVG title describes this image rather than its collection.
+
+    Not when it is empty; when it names a collection (``"... Icon
+    Collection"``, ``"Lemon SVG theme"``, ``"Homes Clipart"``); when it is
+    ``"Clipart by AUTHOR - NAME"`` with another file's NAME (Nicu Buculei's
+    sets carry one title for the whole set); or when *drawings* (the number of
+    differently named files that share it) is over
+    ``OPENCLIPART_GENERIC_TITLE_COUNT`` (``"gramastar"``, ``"card"``).
+    """
+    cleaned = clean_clipart_title(title)
+    if not cleaned or _COLLECTION_WORDS.search(cleaned):
+        return False
+    if _CLIPART_BY.match(title) and _loose(cleaned) != _loose(stem):
+        return False
+    return drawings <= OPENCLIPART_GENERIC_TITLE_COUNT
+
+
 def name_from_file(stem: str, creator: str = "") -> str:
     """A caption made from a clip-art file name: ``"gattina_cat_architetto_f_01"``
     by Architetto Francesco Rollandin -> ``"gattina cat"``.
 
-    Splits on ``_``/``-``, then drops trailing numbers and trailing tokens that
+    Splits on ``_``/``-``, then drops trailing zero-padded numbers (``01``,
+    ``001``; ``10`` in ``bordered_c_10`` stays) and trailing tokens that
     begin a word of the creator's name (the file names end with a truncated
     author name), always keeping the first token.
     """
     tokens = [t for t in re.split(r"[_\-\s]+", stem.lower()) if t]
     author = [w for w in re.split(r"\W+", creator.lower()) if w]
-    while len(tokens) > 1 and (tokens[-1].isdigit()
+    while len(tokens) > 1 and (re.fullmatch(r"0\d+", tokens[-1])
                                or any(w.startswith(tokens[-1]) for w in author)):
         tokens.pop()
     return " ".join(tokens)
 
 
 def clean_keywords(keywords: Iterable[str], creator: str, drop: Iterable[str] = ()) -> list[str]:
-    """Keywords without blanks, ``hash``, the creator's name, *drop* and duplicates."""
-    seen = {creator.lower(), *(d.lower() for d in drop)} | _NOISE_KEYWORDS
+    """Keywords with ``_`` as spaces, without blank or 1-character ones,
+    ``hash(0x...)`` junk, the creator's name, *drop* and duplicates."""
+    seen = {creator.lower(), *(d.lower() for d in drop)}
     kept = []
     for keyword in keywords:
         keyword = " ".join(keyword.replace("_", " ").split())
-        if keyword.lower() not in seen:
+        if not _NOISE_KEYWORD.match(keyword) and keyword.lower() not in seen:
             seen.add(keyword.lower())
             kept.append(keyword)
     return kept
@@ -542,11 +572,13 @@ def prepare_openclipart(roots: PackageRoots, out: Path) -> None:
       pixels are skipped; at most ``OPENCLIPART_MAX_IMAGES``, drawn with a
       fixed seed when there are more.
     * Captions: from the matching ``openclipart-svg`` file (same path, ``.svg``):
-      ``dc:title`` and the ``dc:subject`` keywords.  Titles that are
-      collection names (shared by more than 3 images) or empty are replaced
-      by a name made from the file name.  ``captions`` is
-      ``[name, "name, keyword, keyword..."]`` (the second one only when there
-      are keywords).  The raw ``title`` and the cleaned ``keywords`` are kept too.
+      ``dc:title`` and the ``dc:subject`` keywords.  Titles that name a
+      collection rather than the image (see :func:`is_specific_title`) or are
+      empty are replaced by a name made from the file name (see
+      :func:`name_from_file`); ``name_source`` says which (``"title"`` or
+      ``"file"``).  ``captions`` is ``[name, "name, keyword, keyword..."]``
+      (the second one only when there are keywords).  The raw ``title`` and
+      the cleaned ``keywords`` are kept too.
     """
     png_root = roots["openclipart-png"] / "usr/share/openclipart/png"
     svg_root = roots["openclipart-svg"] / "usr/share/openclipart/svg"
@@ -569,25 +601,25 @@ def prepare_openclipart(roots: PackageRoots, out: Path) -> None:
         rel = image.relative_to(png_root)
         title, keywords, creator = read_svg_metadata((svg_root / rel).with_suffix(".svg"))
         metadata[rel] = (title, keywords, creator)
-    title_counts: dict[str, int] = {}
-    for title, _, _ in metadata.values():
-        key = clean_clipart_title(title).lower()
-        title_counts[key] = title_counts.get(key, 0) + 1
+    drawings: dict[str, set[str]] = {}  # cleaned title -> file names without numbering
+    for rel, (title, _, _) in metadata.items():
+        base = _NUMBER_SUFFIX.sub("", rel.stem.lower()) or rel.stem.lower()
+        drawings.setdefault(clean_clipart_title(title).lower(), set()).add(base)
 
     records = []
     from_file = 0
     for image in images:
         rel = image.relative_to(png_root)
         title, keywords, creator = metadata[rel]
-        name = clean_clipart_title(title)
-        if not name or title_counts[name.lower()] > OPENCLIPART_GENERIC_TITLE_COUNT:
-            name = name_from_file(image.stem, creator)
+        name, source = clean_clipart_title(title), "title"
+        if not is_specific_title(title, image.stem, len(drawings[name.lower()])):
+            name, source = name_from_file(image.stem, creator), "file"
             from_file += 1
         kept = clean_keywords(keywords, creator, drop=(name,))
         captions = [name] + ([", ".join([name, *kept])] if kept else [])
         link_or_copy(image, out / rel)
-        records.append({"image": rel.as_posix(), "captions": captions, "title": title,
-                        "keywords": kept, "category": rel.parent.as_posix()})
+        records.append({"image": rel.as_posix(), "captions": captions, "name_source": source,
+                        "title": title, "keywords": kept, "category": rel.parent.as_posix()})
     write_jsonl(out / "manifest.jsonl", records)
     log.info("openclipart: %d names from SVG titles, %d from file names",
              len(records) - from_file, from_file)
@@ -605,12 +637,14 @@ class DataSet:
     *options* names boolean keyword arguments of *prepare* that add optional
     parts (off by default).  A folder prepared with an option on is reused
     when the option is asked off; asking for it on rebuilds the folder.
+    Bump *version* when *prepare* changes its output, so old folders get rebuilt.
     """
 
     description: str
     packages: tuple[str, ...] = ()
     prepare: Callable[..., None] | None = None
     options: tuple[str, ...] = ()
+    version: int = 1
 
     @property
     def available(self) -> bool:
@@ -632,6 +666,7 @@ DATASETS: dict[str, DataSet] = {
         "Tux Paint clip-art stamps with English captions and translations",
         ("tuxpaint-stamps-default",),
         prepare_tuxpaint,
+        version=2,  # 2: train.jsonl / test.jsonl
     ),
     "fashion-mnist": DataSet(
         "Fashion-MNIST 28x28 clothing images in 10 labelled class folders "
@@ -683,6 +718,8 @@ def fetch(name: str, cache: Path, force: bool = False,
     out = cache / name
     stamp: dict[str, object] = {"version": PREPARE_VERSION,
                                 "debs": sorted(deb.name for deb in debs.values())}
+    if dataset.version != 1:  # version 1 is left out: stamps from before versions stay valid
+        stamp["dataset_version"] = dataset.version
     if opts:
         stamp["options"] = opts
     stamp_path = out / STAMP
