@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Iterator, Optional
 
@@ -76,7 +77,8 @@ def _errors() -> Iterator[None]:
 def _logging(verbose: bool) -> None:
     """Our warnings always; third-party log lines (open_clip logs failures at ERROR) only with --verbose,
     since the CLI reports every failure itself in one line."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.CRITICAL, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if verbose else logging.CRITICAL,
+                        format="%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s")
     logging.getLogger("searchengine").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
@@ -93,15 +95,16 @@ def _echo_json(obj: object) -> None:
 class _Bar:
     """tqdm progress for the indexer: images/s and ETA on stderr."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, desc: str = "Indexing") -> None:
         self.enabled = enabled
+        self.desc = desc
         self.bar = None
 
     def start(self, total: int) -> None:
         if self.enabled and total:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="img", desc="Indexing", dynamic_ncols=True, file=sys.stderr)
+            self.bar = tqdm(total=total, unit="img", desc=self.desc, dynamic_ncols=True, file=sys.stderr)
 
     def advance(self, n: int) -> None:
         if self.bar is not None:
@@ -239,6 +242,63 @@ def rebuild_index(
             typer.echo(f"Rebuilt the {st.index_factory} index ({st.index_type}) with {n} vectors.")
 
 
+@app.command()
+def train(
+    sources: Annotated[list[Path], typer.Argument(help="Manifests (.jsonl/.csv: image + captions) or folders with "
+                                                       "sidecar .txt captions.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the trained model (load it with "
+                                                          "--model local-dir:OUT).", show_default=False)],
+    model: Annotated[str, typer.Option("--model", "-m", help="Model to start from: lite, a lite folder, or any "
+                                                             "open_clip spec.")] = "lite",
+    from_scratch: Annotated[bool, typer.Option("--from-scratch", help="lite: start from untrained projections.")] = False,
+    epochs: Annotated[int, typer.Option(min=1)] = 30,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (one-cycle schedule).")] = 2e-3,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=2)] = 256,
+    val_fraction: Annotated[float, typer.Option(help="Share of groups (objects/products) held out for validation.")] = 0.1,
+    max_captions: Annotated[int, typer.Option(min=1, help="Captions per image used (the first ones).")] = 2,
+    variant: Annotated[str, typer.Option(help="lite --from-scratch: lite0 or lite2.")] = "lite2",
+    embed_dim: Annotated[int, typer.Option(min=8, help="lite --from-scratch: size of the shared space.")] = 256,
+    lock_text: Annotated[bool, typer.Option("--lock-text", help="open_clip models: train only the text projection "
+                                                                "and temperature (the image tower is always locked).")] = False,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Where locked-tower features are cached "
+                                                           "[default: DATA_DIR/cache].", show_default=False)] = None,
+    seed: int = 0,
+    data_dir: DataDir = None, device: Device = "auto", json_out: Json = False, verbose: Verbose = False,
+) -> None:
+    """Contrastive fine-tuning (CLIP's InfoNCE) on image-caption pairs; recall@k on a held-out split each epoch."""
+    _logging(verbose)
+    from .config import Settings
+    from .datasets import load_pairs
+    from .train import TrainOptions
+    from .train import train as run_training
+
+    with _errors():
+        pairs = [p for src in sources for p in load_pairs(src)]
+        opts = TrainOptions(epochs=epochs, lr=lr, batch_size=batch_size, val_fraction=val_fraction, seed=seed,
+                            max_captions=max_captions, variant=variant, embed_dim=embed_dim, lock_text=lock_text)
+        cache = cache_dir or Settings.from_env(data_dir=data_dir).data_dir / "cache"
+        bar = _Bar(enabled=not json_out, desc="Image features")
+        bar.start(len(pairs))
+
+        def on_epoch(s) -> None:
+            bar.close()
+            if not json_out:
+                typer.echo(f"epoch {s.epoch:>3}  loss {s.loss:.4f}  val t2i " + " ".join(
+                    f"R@{k} {v:.3f}" for k, v in s.text_to_image.items()) + "  i2t " + " ".join(
+                    f"R@{k} {v:.3f}" for k, v in s.image_to_text.items()) + f"  ({s.seconds:.1f}s)")
+
+        report = run_training(pairs, base=model, out=out, options=opts, device=device, cache_dir=cache,
+                              from_scratch=from_scratch, on_epoch=on_epoch, progress=bar.advance)
+        bar.close()
+        if json_out:
+            _echo_json(report.to_dict())
+            return
+        extra = f", alpha {report.alpha:.1f}" if report.alpha is not None else ""
+        typer.echo(f"best epoch {report.best_epoch}{extra}; saved to {out} (use --model local-dir:{out.resolve()})")
+        for name, rec in report.final.items():
+            typer.echo(f"  val {name}: " + " ".join(f"R@{k} {v:.3f}" for k, v in rec.items()))
+
+
 eval_app = typer.Typer(help="Measure retrieval quality (recall@k) and zero-shot accuracy.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 
@@ -254,6 +314,8 @@ def eval_retrieval(
     model: ModelOpt = None,
     k: Annotated[list[int], typer.Option("-k", help="Cut-offs for recall@k (repeat the option).")] = [1, 5, 10],  # noqa: B006
     all_captions: Annotated[bool, typer.Option("--all-captions", help="Query with every caption, not only the first.")] = False,
+    max_captions: Annotated[Optional[int], typer.Option(
+        "--max-captions", min=1, show_default=False, help="Use only each image's first N captions [default: all].")] = None,
     device: Device = "auto", json_out: Json = False, verbose: Verbose = False,
 ) -> None:
     """Text->image and image->text recall@k through a throwaway index (a query counts as found when
@@ -264,7 +326,8 @@ def eval_retrieval(
     from .evaluate import evaluate_retrieval
 
     with _errors():
-        report = evaluate_retrieval(load_pairs(source), model=model or DEFAULT_MODEL, device=device, ks=sorted(set(k)),
+        pairs = [replace(p, captions=p.captions[:max_captions]) for p in load_pairs(source)]
+        report = evaluate_retrieval(pairs, model=model or DEFAULT_MODEL, device=device, ks=sorted(set(k)),
                                     all_captions=all_captions)
         if json_out:
             _echo_json(report.to_dict())

@@ -13,9 +13,11 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-__all__ = ["Settings", "DEFAULT_MODEL", "DEFAULT_INDEX_FACTORY", "default_data_dir"]
+__all__ = ["Settings", "DEFAULT_MODEL", "LITE_MODEL", "DEFAULT_INDEX_FACTORY", "default_data_dir"]
 
 DEFAULT_MODEL = "ViT-B-32:laion2b_s34b_b79k"
+#: The offline model new collections fall back to when no model is named and DEFAULT_MODEL cannot be loaded.
+LITE_MODEL = "lite"
 DEFAULT_INDEX_FACTORY = "Flat"
 _COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 

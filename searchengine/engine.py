@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Union
 
 import numpy as np
 
-from .config import DEFAULT_MODEL, Settings
-from .errors import CollectionNotFoundError, ModelMismatchError, QueryError, VectorIndexError
+from .config import DEFAULT_MODEL, LITE_MODEL, Settings
+from .errors import CollectionNotFoundError, ModelLoadError, ModelMismatchError, QueryError, VectorIndexError
 from .store import CollectionRecord, FileErrorRecord, Store
 from .vectors import VectorIndex, normalize_factory
 
@@ -69,7 +69,7 @@ def canonical_spec(spec: str) -> str:
     spec = spec.strip()
     if spec.startswith("local-dir:"):
         return "local-dir:" + str(Path(spec[len("local-dir:"):]).expanduser().resolve())
-    if spec.startswith("hf-hub:"):
+    if spec.startswith("hf-hub:") or spec == "lite":
         return spec
     arch, sep, rest = spec.partition(":")
     if sep and (rest.startswith(("/", ".", "~")) or os.sep in rest) and Path(rest).expanduser().exists():
@@ -133,7 +133,15 @@ class SearchEngine:
 
         spec = canonical_spec(settings.model or DEFAULT_MODEL)
         factory = normalize_factory(settings.index_factory)
-        encoder = load_encoder(spec, settings.device)
+        try:
+            encoder = load_encoder(spec, settings.device)
+        except ModelLoadError as exc:
+            if settings.model:  # an explicit model never falls back
+                raise
+            log.warning("The default model %s is not available (%s); using the offline model 'lite' for "
+                        "collection %r.", spec, str(exc).split(";")[0], settings.collection)
+            spec = LITE_MODEL
+            encoder = load_encoder(spec, settings.device)
         VectorIndex.create(factory, encoder.dim)  # validates the factory string before anything is written
         probe = encoder.probe()
         record = store.create_collection(settings.collection, spec, encoder.dim, probe.astype("<f4").tobytes(),

@@ -127,7 +127,7 @@ class ClipEncoder:
         self.device = device
         self.model = model
         self.tokenizer = tokenizer
-        self.dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        self.dtype = next(model.parameters()).dtype
         self.pil_stage, self._tensor_stage = _split_preprocess(preprocess)
         self.image_size = _image_size(model)
         with torch.inference_mode():
@@ -154,7 +154,9 @@ class ClipEncoder:
 
     def encode_images(self, images: Sequence["Image.Image"]) -> np.ndarray:
         """Encode RGB PIL images: float32 ``(n, d)``, L2-normalised."""
-        return self.encode_pixels([self.pixels_from_pil(im.convert("RGB")) for im in images])
+        from ..imaging import to_rgb
+
+        return self.encode_pixels([self.pixels_from_pil(to_rgb(im)) for im in images])
 
     # -- texts --------------------------------------------------------------------------
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -227,6 +229,14 @@ def _hub_download_hopeless(parsed: ParsedSpec) -> bool:
 
 def load_encoder(spec: str, device: str = "auto") -> ClipEncoder:
     """Load the model named by ``spec`` on ``device``; errors say what to pass instead."""
+    from .lite import build_lite, resolve_lite
+
+    lite_dir = resolve_lite(spec.strip())
+    if lite_dir is not None:
+        resolved = select_device(device)
+        model, preprocess, tokenizer = build_lite(lite_dir)
+        model = model.to(resolved).half() if resolved.startswith("cuda") else model.to(resolved)
+        return ClipEncoder(spec, model, preprocess, tokenizer, resolved)
     parsed = parse_spec(spec)
     if parsed.model_name.startswith("local-dir:"):
         _check_local_dir(Path(parsed.model_name.partition(":")[2]), spec)

