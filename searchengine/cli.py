@@ -255,6 +255,8 @@ def train(
     lr: Annotated[float, typer.Option(help="Peak learning rate (one-cycle schedule).")] = 2e-3,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=2)] = 256,
     val_fraction: Annotated[float, typer.Option(help="Share of groups (objects/products) held out for validation.")] = 0.1,
+    val_from: Annotated[Optional[Path], typer.Option(
+        "--val-from", show_default=False, help="Draw the validation split from this one of the SOURCES only.")] = None,
     max_captions: Annotated[int, typer.Option(min=1, help="Captions per image used (the first ones).")] = 2,
     variant: Annotated[str, typer.Option(help="lite --from-scratch: lite0 or lite2.")] = "lite2",
     embed_dim: Annotated[int, typer.Option(min=8, help="lite --from-scratch: size of the shared space.")] = 256,
@@ -273,7 +275,10 @@ def train(
     from .train import train as run_training
 
     with _errors():
-        pairs = [p for src in sources for p in load_pairs(src)]
+        by_source = {src: load_pairs(src) for src in sources}
+        pairs = [p for src in sources for p in by_source[src]]
+        if val_from is not None and val_from not in by_source:
+            raise ConfigError(f"--val-from {val_from} is not one of the sources")
         opts = TrainOptions(epochs=epochs, lr=lr, batch_size=batch_size, val_fraction=val_fraction, seed=seed,
                             max_captions=max_captions, variant=variant, embed_dim=embed_dim, lock_text=lock_text)
         cache = cache_dir or Settings.from_env(data_dir=data_dir).data_dir / "cache"
@@ -288,7 +293,8 @@ def train(
                     f"R@{k} {v:.3f}" for k, v in s.image_to_text.items()) + f"  ({s.seconds:.1f}s)")
 
         report = run_training(pairs, base=model, out=out, options=opts, device=device, cache_dir=cache,
-                              from_scratch=from_scratch, on_epoch=on_epoch, progress=bar.advance)
+                              from_scratch=from_scratch, on_epoch=on_epoch, progress=bar.advance,
+                              val_pool=by_source[val_from] if val_from is not None else None)
         bar.close()
         if json_out:
             _echo_json(report.to_dict())

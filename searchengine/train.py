@@ -216,19 +216,28 @@ def _epochs(params: list, step: Callable[[np.ndarray, list[str]], Any], evaluate
 
 def train(pairs: Sequence[Pair], *, base: str, out: Path, options: TrainOptions = TrainOptions(),
           device: str = "auto", cache_dir: Path | None = None, from_scratch: bool = False,
-          on_epoch: Callable[[EpochStats], None] | None = None,
+          val_pool: Sequence[Pair] | None = None, on_epoch: Callable[[EpochStats], None] | None = None,
           progress: Callable[[int], None] | None = None) -> TrainReport:
     """Fine-tune ``base`` on ``pairs`` and save the result in ``out`` (a ``local-dir:`` model folder).
 
     ``from_scratch`` (lite only): start from untrained projections of ``options.variant`` and
-    ``options.embed_dim`` instead of the base's trained heads.
+    ``options.embed_dim`` instead of the base's trained heads. ``val_pool``: draw the validation
+    split from these pairs only (e.g. the in-domain part of a mixed training set); the rest of
+    ``pairs`` all go to training.
     """
     from .models.lite import resolve_lite
 
     pairs = [Pair(p.image, tuple(p.captions[: options.max_captions]), p.label, p.group) for p in pairs if p.captions]
     if len(pairs) < 4:
         raise ConfigError("training needs at least 4 images with captions")
-    train_pairs, val_pairs = split_pairs(pairs, options.val_fraction, options.seed)
+    pool = pairs
+    if val_pool is not None:
+        pool_images = {p.image for p in val_pool}
+        pool = [p for p in pairs if p.image in pool_images]
+    train_pairs, val_pairs = split_pairs(pool, options.val_fraction, options.seed)
+    if val_pool is not None:
+        held = {id(p) for p in val_pairs}
+        train_pairs = [p for p in pairs if id(p) not in held]
     if not val_pairs:
         val_pairs = train_pairs[: max(2, len(train_pairs) // 10)]
     report = TrainReport(base=base, out=str(out), train_pairs=len(train_pairs), val_pairs=len(val_pairs))

@@ -93,3 +93,9 @@ def test_new_collection_without_a_model_falls_back_to_lite_offline(photos, tmp_p
     with SearchEngine.open("offline") as engine:
         assert engine.status().model == "lite"
         assert engine.search_image(photos / "img1.jpg", k=1)[0].path == str(photos / "img1.jpg")
+
+
+def test_validation_drawn_from_one_source(tiny_model, pairs, tmp_path):
+    opts = TrainOptions(epochs=1, batch_size=12, val_fraction=0.5)
+    report = train(pairs, base=tiny_model, out=tmp_path / "v", options=opts, device="cpu", val_pool=pairs[:4])
+    assert (report.train_pairs, report.val_pairs) == (10, 2)
