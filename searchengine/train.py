@@ -156,6 +156,8 @@ def _image_features(paths: list[Path], encode: Callable, size: int, cache: Featu
         ok.append(i)
         if keys[-1] not in cache.data:
             todo.append(i)
+    if progress is not None and len(paths) > len(todo):
+        progress(len(paths) - len(todo))  # cached (or unreadable): nothing to compute
     for start in range(0, len(todo), batch):
         chunk, images = [], []
         for i in todo[start : start + batch]:
@@ -275,11 +277,12 @@ def _features(model_encode, text_encode, size, train_pairs, val_pairs, cache_pat
     return out[0], out[1], text_feats
 
 
-def _val_arrays(val: _Data, text_vec: Callable[[list[str]], np.ndarray]):
+def _val_captions(val: _Data) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """All validation captions, the image each belongs to, and each image's first caption."""
     flat = [c for caps in val.captions for c in caps]
     owner = np.array([i for i, caps in enumerate(val.captions) for _ in caps])
     first = np.array([int(np.flatnonzero(owner == i)[0]) for i in range(len(val.captions))])
-    return text_vec(flat), owner, first
+    return flat, owner, first
 
 
 def _train_lite(train_pairs, val_pairs, *, base, out, opts, device, cache_dir, report, on_epoch, progress,
@@ -320,7 +323,8 @@ def _train_lite(train_pairs, val_pairs, *, base, out, opts, device, cache_dir, r
         txt = model.project_text(tvec(texts), branch="proj")
         return info_nce(img, txt, model.logit_scale)
 
-    val_text, owner, first = _val_arrays(val, lambda ts: np.stack([text_feats[t] for t in ts]))
+    flat, owner, first = _val_captions(val)
+    val_text = np.stack([text_feats[t] for t in flat])
 
     def embed_val(branch):
         with torch.no_grad():
@@ -393,9 +397,7 @@ def _train_open_clip(train_pairs, val_pairs, *, base, out, opts, device, cache_d
         img = torch.from_numpy(train.img[idx]).to(dev)
         return info_nce(img, encode_text(texts), model.logit_scale)
 
-    flat = [c for caps in val.captions for c in caps]
-    owner = np.array([i for i, caps in enumerate(val.captions) for _ in caps])
-    first = np.array([int(np.flatnonzero(owner == i)[0]) for i in range(len(val.captions))])
+    flat, owner, first = _val_captions(val)
 
     def evaluate():
         model.eval()

@@ -41,8 +41,8 @@ def main() -> None:
         size = enc.image_size
         pixels = [np.random.default_rng(i).integers(0, 255, (size, size, 3), dtype=np.uint8) for i in range(32)]
         texts = [f"a photo of a {w} on a table" for w in ("cat", "dog", "red car", "blue shoe")] * 64
-        img_rate = _median_rate(lambda: enc.encode_pixels(pixels), len(pixels))
-        txt_rate = _median_rate(lambda: enc.encode_texts(texts), len(texts))
+        img_rate = _median_rate(lambda e=enc, p=pixels: e.encode_pixels(p), len(pixels))
+        txt_rate = _median_rate(lambda e=enc, t=texts: e.encode_texts(t), len(texts))
         print(json.dumps({"model": spec, "device": args.device, "threads": torch.get_num_threads(), "image_size": size,
                           "dim": enc.dim, "images_per_s": round(img_rate, 1), "texts_per_s": round(txt_rate, 1)}))
 
