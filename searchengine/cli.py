@@ -259,7 +259,9 @@ def train(
         "--val-from", show_default=False, help="Draw the validation split from this one of the SOURCES only.")] = None,
     max_captions: Annotated[int, typer.Option(min=1, help="Captions per image used (the first ones).")] = 2,
     variant: Annotated[str, typer.Option(help="lite --from-scratch: lite0 or lite2.")] = "lite2",
-    embed_dim: Annotated[int, typer.Option(min=8, help="lite --from-scratch: size of the shared space.")] = 256,
+    embed_dim: Annotated[int, typer.Option(min=8, help="lite --from-scratch: size of the shared space (per head).")] = 256,
+    heads: Annotated[int, typer.Option(min=1, help="lite --from-scratch: projection heads trained side by side "
+                                                   "and averaged.")] = 1,
     lock_text: Annotated[bool, typer.Option("--lock-text", help="open_clip models: train only the text projection "
                                                                 "and temperature (the image tower is always locked).")] = False,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Where locked-tower features are cached "
@@ -280,7 +282,8 @@ def train(
         if val_from is not None and val_from not in by_source:
             raise ConfigError(f"--val-from {val_from} is not one of the sources")
         opts = TrainOptions(epochs=epochs, lr=lr, batch_size=batch_size, val_fraction=val_fraction, seed=seed,
-                            max_captions=max_captions, variant=variant, embed_dim=embed_dim, lock_text=lock_text)
+                            max_captions=max_captions, variant=variant, embed_dim=embed_dim, heads=heads,
+                            lock_text=lock_text)
         cache = cache_dir or Settings.from_env(data_dir=data_dir).data_dir / "cache"
         bar = _Bar(enabled=not json_out, desc="Image features")
         bar.start(len(pairs))

@@ -39,7 +39,8 @@ class TrainOptions:
     val_fraction: float = 0.1
     seed: int = 0
     max_captions: int = 2  # captions per image used (the first ones)
-    embed_dim: int = 256  # lite: size of the projected space
+    embed_dim: int = 256  # lite: size of the projected space (per head)
+    heads: int = 1  # lite: projection heads trained side by side from different initialisations
     variant: str = "lite2"  # lite: EfficientNet-Lite variant of a new model
     lock_text: bool = False  # open_clip models: train only the temperature and the text projection
     ks: tuple[int, ...] = (1, 5, 10)
@@ -293,9 +294,10 @@ def _train_lite(train_pairs, val_pairs, *, base, out, opts, device, cache_dir, r
     from .models.lite import LiteConfig, build_lite, resolve_lite, save_lite
 
     dev = select_device(device)
+    torch.manual_seed(opts.seed)  # the projections' initialisation: a run is reproducible
     folder = None if from_scratch else resolve_lite(base)
-    model, preprocess, tokenizer = build_lite(folder, None if folder else LiteConfig(variant=opts.variant,
-                                                                                    embed_dim=opts.embed_dim))
+    new_cfg = LiteConfig(variant=opts.variant, embed_dim=opts.embed_dim, heads=opts.heads)
+    model, preprocess, tokenizer = build_lite(folder, None if folder else new_cfg)
     model.to(dev)
     cfg = model.cfg
 
@@ -318,10 +320,10 @@ def _train_lite(train_pairs, val_pairs, *, base, out, opts, device, cache_dir, r
     def tvec(texts):
         return torch.from_numpy(np.stack([text_feats[t] for t in texts])).to(dev)
 
-    def step(idx, texts):
-        img = model.project_image(torch.from_numpy(train.img[idx]).to(dev), branch="proj")
-        txt = model.project_text(tvec(texts), branch="proj")
-        return info_nce(img, txt, model.logit_scale)
+    def step(idx, texts):  # each head learns on its own; they share the temperature
+        img = model.project_image(torch.from_numpy(train.img[idx]).to(dev), branch="heads")
+        txt = model.project_text(tvec(texts), branch="heads")
+        return sum(info_nce(img[:, h], txt[:, h], model.logit_scale) for h in range(img.shape[1])) / img.shape[1]
 
     flat, owner, first = _val_captions(val)
     val_text = np.stack([text_feats[t] for t in flat])

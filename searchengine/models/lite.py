@@ -37,7 +37,8 @@ PRESET_DIR = Path(__file__).parent / "lite"
 @dataclass(frozen=True)
 class LiteConfig:
     variant: Literal["lite0", "lite1", "lite2"] = "lite2"
-    embed_dim: int = 256
+    embed_dim: int = 256  # per head
+    heads: int = 1  # independently initialised projection heads, averaged (an ensemble in one vector)
     conse_topk: int = 10
     resize_mode: Literal["shortest", "longest", "squash"] = "longest"
     context_length: int = 64
@@ -87,8 +88,8 @@ class LiteCLIP(_module_base()):  # type: ignore[misc]
         self.cfg = cfg
         self.trunk = trunk
         self.text_model = text_model
-        self.image_proj = torch.nn.Linear(EFFICIENTNET_LITE_FEATURES, cfg.embed_dim, bias=False)
-        self.text_proj = torch.nn.Linear(MINILM_DIM, cfg.embed_dim, bias=False)
+        self.image_proj = torch.nn.Linear(EFFICIENTNET_LITE_FEATURES, cfg.embed_dim * cfg.heads, bias=False)
+        self.text_proj = torch.nn.Linear(MINILM_DIM, cfg.embed_dim * cfg.heads, bias=False)
         self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         self.register_buffer("alpha", torch.tensor(0.0))  # 0: ConSE only, until projections are trained
         self.register_buffer("class_text", class_text)
@@ -126,10 +127,21 @@ class LiteCLIP(_module_base()):  # type: ignore[misc]
     def project_text(self, feats, branch: str = "both"):
         return self._combine(self.text_proj(feats.to(self.text_proj.weight.dtype)), feats, branch)
 
+    def head_views(self, projected):
+        """(n, heads, embed_dim): each head's projection, normalised."""
+        import torch
+
+        n = projected.shape[0]
+        return torch.nn.functional.normalize(projected.float().view(n, self.cfg.heads, self.cfg.embed_dim), dim=-1)
+
     def _combine(self, projected, conse, branch: str):
         import torch
 
-        p = torch.nn.functional.normalize(projected.float(), dim=-1)
+        if branch == "heads":
+            return self.head_views(projected)
+        # the heads' normalised vectors side by side, scaled so the whole has unit norm: the inner
+        # product of two such vectors is the mean of the heads' cosines
+        p = self.head_views(projected).flatten(1) / math.sqrt(self.cfg.heads)
         if branch == "proj":
             return p
         a = self.alpha.float().clamp(0, 1)
@@ -238,12 +250,13 @@ def save_lite(model: LiteCLIP, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / MARKER).write_text(json.dumps(asdict(model.cfg), indent=2) + "\n", encoding="utf-8")
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.heads_state().items()}
-    tensors["class_text"] = tensors["class_text"].half()
+    for big in ("image_proj.weight", "text_proj.weight", "class_text"):
+        tensors[big] = tensors[big].half()  # half the size on disk; loaded back as float32
     save_file(tensors, str(folder / HEADS))
     return folder
 
 
 def check_config(cfg: LiteConfig) -> LiteConfig:
-    if cfg.embed_dim < 1 or cfg.conse_topk < 1:
-        raise ConfigError("embed_dim and conse_topk must be positive")
+    if cfg.embed_dim < 1 or cfg.conse_topk < 1 or cfg.heads < 1:
+        raise ConfigError("embed_dim, heads and conse_topk must be positive")
     return cfg
