@@ -24,7 +24,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import ConfigError, ModelLoadError
+import torch  # this module is imported only when a lite model is loaded or trained
+
+from ..errors import ModelLoadError
 
 __all__ = ["LiteConfig", "LiteCLIP", "MARKER", "PRESET_DIR", "is_lite_dir", "resolve_lite", "build_lite",
            "save_lite", "lite_preprocess"]
@@ -70,18 +72,10 @@ def resolve_lite(spec: str) -> Path | None:
     return None
 
 
-def _module_base():
-    import torch
-
-    return torch.nn.Module
-
-
-class LiteCLIP(_module_base()):  # type: ignore[misc]
+class LiteCLIP(torch.nn.Module):
     """Locked EfficientNet-Lite + MiniLM towers, trained projections, and the ConSE branch."""
 
     def __init__(self, cfg: LiteConfig, trunk: Any, text_model: Any, class_text: Any) -> None:
-        import torch
-
         from .backbones import EFFICIENTNET_LITE_FEATURES, MINILM_DIM
 
         super().__init__()
@@ -94,13 +88,11 @@ class LiteCLIP(_module_base()):  # type: ignore[misc]
         self.register_buffer("alpha", torch.tensor(0.0))  # 0: ConSE only, until projections are trained
         self.register_buffer("class_text", class_text)
         self.image_features_dim = EFFICIENTNET_LITE_FEATURES + MINILM_DIM
-        self.visual = _Visual(EFFICIENTNET_LITE_INPUT_SIZE(cfg.variant))
+        self.visual = _Visual(_input_size(cfg.variant))
 
     # -- frozen features (cached by the trainer) -----------------------------------------
     def image_features(self, pixels):
         """(n, 1280 + 384): pooled trunk features, then the ConSE embedding."""
-        import torch
-
         trunk = self.trunk
         pooled = trunk.forward_head(trunk.forward_features(pixels), pre_logits=True)
         probs = torch.softmax(trunk.classifier(pooled).float(), dim=-1)
@@ -110,8 +102,6 @@ class LiteCLIP(_module_base()):  # type: ignore[misc]
 
     def text_features(self, tokens):
         """(n, 384): MiniLM mean-pooled, normalised sentence embeddings (pad id 0 is masked)."""
-        import torch
-
         mask = (tokens != 0).long()
         hidden = self.text_model(input_ids=tokens, attention_mask=mask).last_hidden_state.float()
         m = mask.unsqueeze(-1).to(hidden.dtype)
@@ -129,14 +119,10 @@ class LiteCLIP(_module_base()):  # type: ignore[misc]
 
     def head_views(self, projected):
         """(n, heads, embed_dim): each head's projection, normalised."""
-        import torch
-
         n = projected.shape[0]
         return torch.nn.functional.normalize(projected.float().view(n, self.cfg.heads, self.cfg.embed_dim), dim=-1)
 
     def _combine(self, projected, conse, branch: str):
-        import torch
-
         if branch == "heads":
             return self.head_views(projected)
         # the heads' normalised vectors side by side, scaled so the whole has unit norm: the inner
@@ -166,7 +152,7 @@ class _Visual:
         self.image_size = image_size
 
 
-def EFFICIENTNET_LITE_INPUT_SIZE(variant: str) -> int:  # noqa: N802 - reads like the table it wraps
+def _input_size(variant: str) -> int:
     from .backbones import EFFICIENTNET_LITE_INPUT
 
     return EFFICIENTNET_LITE_INPUT[variant]
@@ -178,7 +164,7 @@ def lite_preprocess(cfg: LiteConfig):
 
     from .backbones import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD
 
-    return image_transform(EFFICIENTNET_LITE_INPUT_SIZE(cfg.variant), is_train=False, mean=EFFICIENTNET_LITE_MEAN,
+    return image_transform(_input_size(cfg.variant), is_train=False, mean=EFFICIENTNET_LITE_MEAN,
                            std=EFFICIENTNET_LITE_STD, resize_mode=cfg.resize_mode, interpolation="bicubic",
                            fill_color=255)
 
@@ -198,8 +184,6 @@ class LiteTokenizer:
 
 def build_lite(folder: Path | None = None, cfg: LiteConfig | None = None) -> tuple[LiteCLIP, Any, LiteTokenizer]:
     """(model, preprocess, tokenizer) from a lite folder, or untrained (ConSE only) from ``cfg``."""
-    import torch
-
     from .backbones import load_efficientnet_lite, load_minilm, minilm_encode
 
     if folder is not None:
@@ -254,9 +238,3 @@ def save_lite(model: LiteCLIP, folder: Path) -> Path:
         tensors[big] = tensors[big].half()  # half the size on disk; loaded back as float32
     save_file(tensors, str(folder / HEADS))
     return folder
-
-
-def check_config(cfg: LiteConfig) -> LiteConfig:
-    if cfg.embed_dim < 1 or cfg.conse_topk < 1 or cfg.heads < 1:
-        raise ConfigError("embed_dim, heads and conse_topk must be positive")
-    return cfg
