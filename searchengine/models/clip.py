@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from PIL import Image
 
-__all__ = ["ClipEncoder", "load_encoder", "parse_spec", "select_device", "PROBE_TEXTS"]
+__all__ = ["ClipEncoder", "load_encoder", "load_default_encoder", "parse_spec", "select_device", "PROBE_TEXTS"]
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +225,21 @@ def _hub_download_hopeless(parsed: ParsedSpec) -> bool:
     except (socket.gaierror, UnicodeError):
         return True
     return False
+
+
+def load_default_encoder(spec: str | None, device: str = "auto") -> ClipEncoder:
+    """``spec``'s model; with no spec, the default CLIP, or the offline ``lite`` when that cannot be
+    loaded (said in one warning). An explicit spec never falls back."""
+    from ..config import DEFAULT_MODEL, LITE_MODEL
+
+    if spec:
+        return load_encoder(spec, device)
+    try:
+        return load_encoder(DEFAULT_MODEL, device)
+    except ModelLoadError as exc:
+        log.warning("The default model %s is not available (%s); using the offline model '%s'.",
+                    DEFAULT_MODEL, str(exc).split(";")[0], LITE_MODEL)
+        return load_encoder(LITE_MODEL, device)
 
 
 def load_encoder(spec: str, device: str = "auto") -> ClipEncoder:

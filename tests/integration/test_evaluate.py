@@ -92,3 +92,13 @@ def test_manifests_and_splits(tmp_path):
     train, val = split_pairs(many, 0.2, seed=1)
     assert {p.group for p in train}.isdisjoint({p.group for p in val}) and len({p.group for p in val}) == 2
     assert split_pairs(many, 0.2, seed=1) == (train, val)
+
+
+def test_a_copy_of_the_image_or_a_shared_caption_is_a_right_answer(colors, tmp_path):
+    spec, manifest = colors
+    lines = [json.loads(line) for line in manifest.read_text().splitlines()]
+    lines.append({"image": "imgs/red.png", "captions": ["a red square"]})  # the same image listed twice
+    twice = tmp_path / "twice.jsonl"
+    twice.write_text("\n".join(json.dumps(line) for line in lines))
+    report = evaluate_retrieval(load_pairs(twice), model=spec, ks=(1,))
+    assert report.text_to_image == {1: 1.0} and report.image_to_text == {1: 1.0}

@@ -68,7 +68,7 @@ def test_lite_training_from_scratch_and_reload(pairs, tmp_path):
     first = enc.encode_images(imgs)
     np.testing.assert_allclose(np.linalg.norm(first, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(load_encoder(f"local-dir:{out}", "cpu").encode_images(imgs), first, atol=1e-5)
-    assert sorted(p.name for p in cache.iterdir()) == ["lite-lite0-longest-10-images.npz", "lite-lite0-longest-10-texts.npz"]
+    assert sorted(p.name for p in cache.iterdir()) == ["lite-lite0-longest-10-64-images.npz", "lite-lite0-longest-10-64-texts.npz"]
 
 
 def test_training_needs_data(tiny_model, tmp_path, pairs):
