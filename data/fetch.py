@@ -649,9 +649,9 @@ def drawing_signature(path: Path) -> np.ndarray:
     white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
     white.alpha_composite(rgba)
     grey = white.convert("L")
-    ys, xs = np.nonzero(np.asarray(grey) < SIGNATURE_INK)
-    if len(xs):
-        grey = grey.crop((int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1))
+    box = grey.point([255 if v < SIGNATURE_INK else 0 for v in range(256)]).getbbox()
+    if box:
+        grey = grey.crop(box)
     pixels = np.asarray(grey.resize((SIGNATURE_SIDE, SIGNATURE_SIDE), Image.BILINEAR),
                         dtype=np.float64).ravel()
     pixels -= pixels.mean()
@@ -709,9 +709,17 @@ def prepare_openclipart(roots: PackageRoots, out: Path) -> None:
       ``"file"``).  ``captions`` is ``[name, "name, keyword, keyword..."]``
       (the second one only when there are keywords).  The raw ``title`` and
       the cleaned ``keywords`` are kept too.
+    * Test overlap: images that are the same drawing as a Tux Paint stamp of
+      the **test** split (:func:`split_tuxpaint` of ``tuxpaint-stamps-default``,
+      i.e. ``tuxpaint/test.jsonl``) are left out of the folder and of
+      ``manifest.jsonl``, so training on openclipart never sees a test image
+      (see :func:`find_test_overlap`).  They are listed in
+      ``dropped_test_overlap.jsonl`` (``{"image", "tuxpaint_test_image",
+      "cosine"}``).
     """
     png_root = roots["openclipart-png"] / "usr/share/openclipart/png"
     svg_root = roots["openclipart-svg"] / "usr/share/openclipart/svg"
+    stamps = roots["tuxpaint-stamps-default"] / TUXPAINT_STAMPS
     images = []
     skipped = 0
     for image in iter_images(png_root):
@@ -736,10 +744,21 @@ def prepare_openclipart(roots: PackageRoots, out: Path) -> None:
         base = _NUMBER_SUFFIX.sub("", rel.stem.lower()) or rel.stem.lower()
         drawings.setdefault(clean_clipart_title(title).lower(), set()).add(base)
 
+    _, tuxpaint_test = split_tuxpaint(tuxpaint_records(stamps, warn=False))
+    dropped = find_test_overlap({image.relative_to(png_root).as_posix(): image for image in images},
+                                {str(r["image"]): stamps / str(r["image"]) for r in tuxpaint_test})
+    write_jsonl(out / "dropped_test_overlap.jsonl", dropped)
+    log.info("openclipart: %d images dropped, the same drawing as one of the %d Tux Paint test "
+             "stamps (cosine >= %.2f, see dropped_test_overlap.jsonl)",
+             len(dropped), len(tuxpaint_test), OPENCLIPART_TEST_OVERLAP_COSINE)
+    leaked = {str(d["image"]) for d in dropped}
+
     records = []
     from_file = 0
     for image in images:
         rel = image.relative_to(png_root)
+        if rel.as_posix() in leaked:
+            continue
         title, keywords, creator = metadata[rel]
         name, source = clean_clipart_title(title), "title"
         if not is_specific_title(title, image.stem, len(drawings[name.lower()])):
@@ -768,6 +787,9 @@ class DataSet:
     parts (off by default).  A folder prepared with an option on is reused
     when the option is asked off; asking for it on rebuilds the folder.
     Bump *version* when *prepare* changes its output, so old folders get rebuilt.
+    *uses* names data sets whose output *prepare* depends on (openclipart
+    leaves out tuxpaint's test split): their versions go into the stamp, so
+    bumping one rebuilds this folder too.
     """
 
     description: str
@@ -775,6 +797,7 @@ class DataSet:
     prepare: Callable[..., None] | None = None
     options: tuple[str, ...] = ()
     version: int = 1
+    uses: tuple[str, ...] = ()
 
     @property
     def available(self) -> bool:
@@ -806,9 +829,12 @@ DATASETS: dict[str, DataSet] = {
         options=("train",),
     ),
     "openclipart": DataSet(
-        "Open Clip Art Library 0.18 PNG clip art with captions from the SVG titles/keywords",
-        ("openclipart-png", "openclipart-svg"),
+        "Open Clip Art Library 0.18 PNG clip art with captions from the SVG titles/keywords, "
+        "without the drawings of Tux Paint's test stamps",
+        ("openclipart-png", "openclipart-svg", "tuxpaint-stamps-default"),
         prepare_openclipart,
+        version=2,  # 2: drop the drawings of Tux Paint test stamps
+        uses=("tuxpaint",),
     ),
 }
 
@@ -850,6 +876,8 @@ def fetch(name: str, cache: Path, force: bool = False,
                                 "debs": sorted(deb.name for deb in debs.values())}
     if dataset.version != 1:  # version 1 is left out: stamps from before versions stay valid
         stamp["dataset_version"] = dataset.version
+    if dataset.uses:
+        stamp["uses"] = {used: DATASETS[used].version for used in dataset.uses}
     if opts:
         stamp["options"] = opts
     stamp_path = out / STAMP
