@@ -141,14 +141,22 @@ class CollectionRecord:
 
 
 @dataclass(frozen=True)
-class ImageRecord:
-    id: int
+class NewImage:
+    """An image file as the writer stores it."""
+
     path: str
     size: int
     mtime: float
     content_hash: str
     width: int
     height: int
+
+
+@dataclass(frozen=True)
+class ImageRecord(NewImage):
+    """A stored image row."""
+
+    id: int
     indexed_at: float
 
 
@@ -159,16 +167,6 @@ class FileErrorRecord:
     size: int
     mtime: float
     at: float
-
-
-@dataclass(frozen=True)
-class NewImage:
-    path: str
-    size: int
-    mtime: float
-    content_hash: str
-    width: int
-    height: int
 
 
 _IMAGE_COLS = (images.c.id, images.c.path, images.c.size, images.c.mtime, images.c.content_hash,

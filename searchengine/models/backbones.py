@@ -47,6 +47,7 @@ __all__ = [
     "minilm_dir",
     "load_minilm",
     "minilm_encode",
+    "mean_pool",
 ]
 
 LiteVariant = Literal["lite0", "lite1", "lite2"]
@@ -292,6 +293,12 @@ def load_minilm() -> tuple[Any, Any]:
     return model.eval(), tokenizer
 
 
+def mean_pool(hidden: "torch.Tensor", attention_mask: "torch.Tensor") -> "torch.Tensor":
+    """sentence-transformers' mean pooling: the average of the token states the mask keeps."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+
 def minilm_encode(
     texts: Sequence[str],
     model: Any,
@@ -322,9 +329,7 @@ def minilm_encode(
                 return_tensors="pt",
             ).to(device)
             hidden = model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-            out.append(pooled.float())
+            out.append(mean_pool(hidden, batch["attention_mask"]).float())
     if not out:
         return torch.zeros((0, MINILM_DIM), dtype=torch.float32)
     emb = torch.cat(out)

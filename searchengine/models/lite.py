@@ -102,11 +102,11 @@ class LiteCLIP(torch.nn.Module):
 
     def text_features(self, tokens):
         """(n, 384): MiniLM mean-pooled, normalised sentence embeddings (pad id 0 is masked)."""
+        from .backbones import mean_pool
+
         mask = (tokens != 0).long()
         hidden = self.text_model(input_ids=tokens, attention_mask=mask).last_hidden_state.float()
-        m = mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(pooled, dim=-1)
+        return torch.nn.functional.normalize(mean_pool(hidden, mask), dim=-1)
 
     # -- trained heads --------------------------------------------------------------------
     def project_image(self, feats, branch: str = "both"):
