@@ -18,7 +18,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -44,6 +44,9 @@ class TrainOptions:
     variant: str = "lite2"  # lite: EfficientNet-Lite variant of a new model
     lock_text: bool = False  # open_clip models: train only the temperature and the text projection
     ks: tuple[int, ...] = (1, 5, 10)
+    #: lite: after choosing the epoch count and alpha on validation, train again from the same start on
+    #: training + validation pairs for that many epochs (the reported recall stays the held-out one)
+    refit: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
@@ -182,9 +185,11 @@ class _Data:
     captions: list[list[str]]  # per image
 
 
-def _epochs(params: list, step: Callable[[np.ndarray, list[str]], Any], evaluate: Callable[[], tuple],
+def _epochs(params: list, step: Callable[[np.ndarray, list[str]], Any], evaluate: Callable[[], tuple] | None,
             snapshot: Callable[[], Any], train: _Data, opts: TrainOptions, report: TrainReport,
             on_epoch: Callable[[EpochStats], None] | None) -> Any:
+    """Train for ``opts.epochs``; returns the snapshot of the best epoch on validation
+    (``evaluate``), or of the last epoch when there is no ``evaluate``."""
     import torch
 
     scale = [p for p in params if p.ndim == 0]  # the temperature: no weight decay
@@ -211,6 +216,8 @@ def _epochs(params: list, step: Callable[[np.ndarray, list[str]], Any], evaluate
                 for p in scale:
                     p.clamp_(0, math.log(100))  # CLIP's cap on the logit scale
             losses.append(float(loss.detach()))
+        if evaluate is None:
+            continue
         t2i, i2t = evaluate()
         stats = EpochStats(epoch, float(np.mean(losses)) if losses else float("nan"), t2i, i2t,
                            time.perf_counter() - started)
@@ -219,7 +226,7 @@ def _epochs(params: list, step: Callable[[np.ndarray, list[str]], Any], evaluate
             on_epoch(stats)
         if _score(t2i) > best_score:
             best, best_score, report.best_epoch = snapshot(), _score(t2i), epoch
-    return best
+    return best if evaluate is not None else snapshot()
 
 
 def train(pairs: Sequence[Pair], *, base: str, out: Path, options: TrainOptions = TrainOptions(),
@@ -330,8 +337,10 @@ def _train_lite(train_pairs, val_pairs, *, base, out, opts, device, cache_dir, r
     def tvec(texts):
         return torch.from_numpy(np.stack([text_feats[t] for t in texts])).to(dev)
 
+    data = train  # what ``step`` trains on (training + validation pairs for a refit)
+
     def step(idx, texts):  # each head learns on its own; they share the temperature
-        img = model.project_image(torch.from_numpy(train.img[idx]).to(dev), branch="heads")
+        img = model.project_image(torch.from_numpy(data.img[idx]).to(dev), branch="heads")
         txt = model.project_text(tvec(texts), branch="heads")
         return sum(info_nce(img[:, h], txt[:, h], model.logit_scale) for h in range(img.shape[1])) / img.shape[1]
 
@@ -351,16 +360,31 @@ def _train_lite(train_pairs, val_pairs, *, base, out, opts, device, cache_dir, r
     def snapshot():
         return copy.deepcopy({k: v.detach().clone() for k, v in model.heads_state().items()})
 
+    start = snapshot()
     best = _epochs(heads, step, evaluate, snapshot, train, opts, report, on_epoch)
+    _restore(model, best)
     with torch.no_grad():
-        for name, value in best.items():
-            dict(model.named_parameters(), **dict(model.named_buffers()))[name].copy_(value)
         report.alpha = _choose_alpha(model, embed_val, owner, first, opts.ks)
         model.alpha.fill_(report.alpha)
     i, t = embed_val("both")
     t2i, i2t = retrieval_recall(i, t, owner, first, opts.ks)
     report.final = {"text_to_image": t2i, "image_to_text": i2t}
+    if opts.refit:
+        data = _Data(np.concatenate([train.img, val.img]), train.captions + val.captions)
+        _restore(model, dict(start, alpha=torch.tensor(report.alpha)))
+        refit = _epochs(heads, step, None, snapshot, data, replace(opts, epochs=report.best_epoch),
+                        TrainReport(base, str(out), len(data.img), 0), None)
+        _restore(model, refit)
     save_lite(model.cpu(), out)
+
+
+def _restore(model, state: dict) -> None:
+    import torch
+
+    with torch.no_grad():
+        named = dict(model.named_parameters(), **dict(model.named_buffers()))
+        for name, value in state.items():
+            named[name].copy_(value)
 
 
 def _choose_alpha(model, embed_val, owner, first, ks) -> float:

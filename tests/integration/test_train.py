@@ -54,7 +54,8 @@ def test_open_clip_training_lowers_the_loss_and_reloads(tiny_model, pairs, tmp_p
 
 
 def test_lite_training_from_scratch_and_reload(pairs, tmp_path):
-    opts = TrainOptions(epochs=6, lr=1e-2, batch_size=12, val_fraction=0.25, variant="lite0", embed_dim=8, heads=2)
+    opts = TrainOptions(epochs=6, lr=1e-2, batch_size=12, val_fraction=0.25, variant="lite0", embed_dim=8, heads=2,
+                        refit=True)
     out = tmp_path / "lite"
     cache = tmp_path / "cache"
     report = train(pairs, base="lite", out=out, options=opts, device="cpu", cache_dir=cache, from_scratch=True)
