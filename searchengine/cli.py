@@ -266,7 +266,9 @@ def train(
     refit: Annotated[bool, typer.Option("--refit", help="lite: after choosing epochs and alpha on validation, train "
                                                        "again on training + validation pairs.")] = False,
     lock_text: Annotated[bool, typer.Option("--lock-text", help="open_clip models: train only the text projection "
-                                                                "and temperature (the image tower is always locked).")] = False,
+                                                                "and temperature.")] = False,
+    unlock_image: Annotated[bool, typer.Option("--unlock-image", help="open_clip models: train the image tower too "
+                                                                      "(default: locked and cached, LiT).")] = False,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Where locked-tower features are cached "
                                                            "[default: DATA_DIR/cache].", show_default=False)] = None,
     seed: int = 0,
@@ -286,7 +288,7 @@ def train(
             raise ConfigError(f"--val-from {val_from} is not one of the sources")
         opts = TrainOptions(epochs=epochs, lr=lr, batch_size=batch_size, val_fraction=val_fraction, seed=seed,
                             max_captions=max_captions, variant=variant, embed_dim=embed_dim, heads=heads,
-                            lock_text=lock_text, refit=refit)
+                            lock_text=lock_text, unlock_image=unlock_image, refit=refit)
         cache = cache_dir or Settings.from_env(data_dir=data_dir).data_dir / "cache"
         bar = _Bar(enabled=not json_out, desc="Image features")
         bar.start(len(pairs))

@@ -5,8 +5,9 @@ Two paths behind :func:`train`:
 - ``lite`` (or a lite folder): both towers locked (LiT); their features are computed once and
   cached on disk, so an epoch is a few matrix products. The projections and the temperature are
   trained; the ensemble weight with the ConSE branch is then chosen on the validation split.
-- any other open_clip model: the image tower is locked and its embeddings cached; the text
-  tower (unless ``lock_text``) and the temperature are trained. Saved as a ``local-dir:`` model.
+- any other open_clip model: by default the image tower is locked and its embeddings cached; the
+  text tower (unless ``lock_text``) and the temperature are trained; ``unlock_image`` trains the
+  image tower too (from decoded pixels kept in memory). Saved as a ``local-dir:`` model.
 
 Every epoch reports validation recall@k; the best epoch's weights are kept.
 """
@@ -43,6 +44,7 @@ class TrainOptions:
     heads: int = 1  # lite: projection heads trained side by side from different initialisations
     variant: str = "lite2"  # lite: EfficientNet-Lite variant of a new model
     lock_text: bool = False  # open_clip models: train only the temperature and the text projection
+    unlock_image: bool = False  # open_clip models: train the image tower too (no feature cache; slow on CPU)
     ks: tuple[int, ...] = (1, 5, 10)
     #: lite: after choosing the epoch count and alpha on validation, train again from the same start on
     #: training + validation pairs for that many epochs (the reported recall stays the held-out one)
@@ -409,13 +411,18 @@ def _train_open_clip(train_pairs, val_pairs, *, base, out, opts, device, cache_d
     model, dev = enc.model.float(), enc.device
     enc.dtype = torch.float32  # trained in fp32 even where the encoder loaded in fp16
 
-    def enc_images(images):
-        return enc.encode_images(images)
-
+    from .imaging import to_rgb
     from .models.clip import fingerprint_id
 
+    if opts.unlock_image:  # keep the decoded pixels (in memory): the image tower is trained too
+        def enc_images(images):
+            return np.stack([enc.pixels_from_pil(to_rgb(im)) for im in images])
+    else:  # LiT: the image tower is locked, its embeddings are computed once and cached on disk
+        def enc_images(images):
+            return enc.encode_images(images)
+
     cache_path = None
-    if cache_dir is not None:  # keyed by the weights (probe fingerprint), not the spec string
+    if cache_dir is not None and not opts.unlock_image:  # keyed by the weights (probe fingerprint)
         cache_path = cache_dir / f"openclip-{fingerprint_id(enc.probe())}-{enc.image_size}.npz"
     train, val, _ = _features(enc_images, None, enc.image_size, train_pairs, val_pairs, cache_path,
                               32, progress, report)
@@ -427,7 +434,8 @@ def _train_open_clip(train_pairs, val_pairs, *, base, out, opts, device, cache_d
                        if n == "text_projection" or n.startswith(("text.proj", "text.text_projection"))]
         if not text_params:
             raise ConfigError(f"--lock-text: found no text projection to train in {base!r}")
-    params = text_params + [model.logit_scale]
+    image_params = [p for n, p in model.named_parameters() if n.startswith("visual.")] if opts.unlock_image else []
+    params = text_params + image_params + [model.logit_scale]
     for p in params:
         p.requires_grad_(True)
     model.train()
@@ -436,9 +444,14 @@ def _train_open_clip(train_pairs, val_pairs, *, base, out, opts, device, cache_d
         emb = model.encode_text(enc.tokenizer(texts).to(dev))
         return torch.nn.functional.normalize(emb.float(), dim=-1)
 
+    def encode_image(rows):
+        if not opts.unlock_image:
+            return torch.from_numpy(rows).to(dev)
+        batch = torch.from_numpy(rows).permute(0, 3, 1, 2).to(dev).float().div(255.0)
+        return torch.nn.functional.normalize(model.encode_image(enc.tensor_stage(batch)).float(), dim=-1)
+
     def step(idx, texts):
-        img = torch.from_numpy(train.img[idx]).to(dev)
-        return info_nce(img, encode_text(texts), model.logit_scale)
+        return info_nce(encode_image(train.img[idx]), encode_text(texts), model.logit_scale)
 
     flat, owner, first = _val_captions(val)
 
@@ -446,8 +459,9 @@ def _train_open_clip(train_pairs, val_pairs, *, base, out, opts, device, cache_d
         model.eval()
         with torch.no_grad():
             t = encode_text(flat).cpu().numpy()
+            i = np.concatenate([encode_image(val.img[s : s + 64]).cpu().numpy() for s in range(0, len(val.img), 64)])
         model.train()
-        return retrieval_recall(val.img, t, owner, first, opts.ks)
+        return retrieval_recall(i, t, owner, first, opts.ks)
 
     def snapshot():
         return {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -128,7 +128,7 @@ class ClipEncoder:
         self.model = model
         self.tokenizer = tokenizer
         self.dtype = next(model.parameters()).dtype
-        self.pil_stage, self._tensor_stage = _split_preprocess(preprocess)
+        self.pil_stage, self.tensor_stage = _split_preprocess(preprocess)
         self.image_size = _image_size(model)
         with torch.inference_mode():
             probe = self.encode_texts(["probe"])
@@ -147,7 +147,7 @@ class ClipEncoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         batch = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2)
         batch = batch.to(self.device, non_blocking=True).float().div_(255.0)
-        batch = self._tensor_stage(batch).to(self.dtype)
+        batch = self.tensor_stage(batch).to(self.dtype)
         with torch.inference_mode():
             out = self.model.encode_image(batch)
         return _normalise(out)

@@ -100,3 +100,14 @@ def test_validation_drawn_from_one_source(tiny_model, pairs, tmp_path):
     opts = TrainOptions(epochs=1, batch_size=12, val_fraction=0.5)
     report = train(pairs, base=tiny_model, out=tmp_path / "v", options=opts, device="cpu", val_pool=pairs[:4])
     assert (report.train_pairs, report.val_pairs) == (10, 2)
+
+
+def test_open_clip_training_with_the_image_tower_unlocked(tiny_model, pairs, tmp_path):
+    opts = TrainOptions(epochs=8, lr=1e-3, batch_size=12, val_fraction=0.25, unlock_image=True, lock_text=True)
+    out = tmp_path / "unlocked"
+    report = train(pairs, base=tiny_model, out=out, options=opts, device="cpu", cache_dir=tmp_path / "cache")
+    assert report.epochs[-1].loss < report.epochs[0].loss
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())  # pixels are not cached
+    trained, base = load_encoder(f"local-dir:{out}", "cpu"), load_encoder(tiny_model, "cpu")
+    imgs = [imagegen.photo_image(1)]
+    assert not np.allclose(trained.encode_images(imgs), base.encode_images(imgs), atol=1e-4)  # image tower trained
