@@ -174,6 +174,8 @@ def search(
     query: Annotated[str, typer.Argument(help="Text, or the path of an image to find similar images.", show_default=False)],
     k: Annotated[int, typer.Option("-k", "--top-k", min=1, max=10_000, help="Number of results.")] = 10,
     as_text: Annotated[bool, typer.Option("--text", help="Treat QUERY as text even if a file has that name.")] = False,
+    min_score: Annotated[Optional[float], typer.Option(
+        "--min-score", show_default=False, help="Drop hits scoring below this (cosine similarity).")] = None,
     collection: Collection = "default", data_dir: DataDir = None, db: Db = None, device: Device = "auto",
     json_out: Json = False, verbose: Verbose = False,
 ) -> None:
@@ -183,6 +185,8 @@ def search(
         with _open(collection, data_dir, db, device) as engine:
             is_image = not as_text and os.path.isfile(os.path.expanduser(query))
             hits = engine.search_image(os.path.expanduser(query), k=k) if is_image else engine.search_text(query, k=k)
+        if min_score is not None:
+            hits = [h for h in hits if h.score >= min_score]
         if json_out:
             _echo_json([h.to_dict() for h in hits])
             return
@@ -222,6 +226,29 @@ def status(
             typer.echo(f"{key:<12} {value}")
         for e in errs:
             typer.echo(f"  {e.path}: {e.error}")
+
+
+@app.command()
+def duplicates(
+    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Cosine similarity at which two images count "
+                                                                    "as near duplicates.")] = 0.95,
+    collection: Collection = "default", data_dir: DataDir = None, db: Db = None,
+    json_out: Json = False, verbose: Verbose = False,
+) -> None:
+    """List groups of near-identical images (copies, re-encodes, resizes) in a collection."""
+    _logging(verbose)
+    with _errors():
+        with _open(collection, data_dir, db, "cpu") as engine:
+            groups = engine.near_duplicates(threshold)
+        if json_out:
+            _echo_json([[h.to_dict() for h in g] for g in groups])
+            return
+        if not groups:
+            typer.echo(f"No near duplicates at similarity >= {threshold}.")
+        for n, group in enumerate(groups, 1):
+            typer.echo(f"group {n} ({len(group)} images)")
+            for hit in group:
+                typer.echo(f"  {hit.score:.4f}  {hit.path}")
 
 
 @app.command("rebuild-index")

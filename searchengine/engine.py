@@ -298,6 +298,53 @@ class SearchEngine:
             database=self.store.engine.url.render_as_string(hide_password=True),
             schema_version=self.store.schema_version())
 
+    def near_duplicates(self, threshold: float = 0.95) -> list[list[Hit]]:
+        """Groups of images whose embeddings have cosine >= ``threshold`` (linked transitively).
+
+        Each group is sorted by path, ``score`` being the best similarity to another member;
+        groups come largest first. Exact search over all stored vectors: O(n^2), meant for
+        collections up to a few hundred thousand images.
+        """
+        import faiss
+
+        if not 0 < threshold <= 1:
+            raise QueryError("the duplicate threshold must be in (0, 1]")
+        parts = list(self.store.iter_vectors(self.collection.id))
+        if not parts:
+            return []
+        ids = np.concatenate([p[0] for p in parts])
+        vecs = np.ascontiguousarray(np.concatenate([p[1] for p in parts]))
+        flat = faiss.IndexFlatIP(vecs.shape[1])
+        flat.add(vecs)
+        lims, sims, found = flat.range_search(vecs, threshold - 1e-3)  # float16 storage: a little slack
+        parent = list(range(len(ids)))
+
+        def root(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        best = np.zeros(len(ids), np.float32)
+        for i in range(len(ids)):
+            for j, sim in zip(found[lims[i] : lims[i + 1]], sims[lims[i] : lims[i + 1]]):
+                if j != i and sim >= threshold - 1e-3:
+                    parent[root(i)] = root(int(j))
+                    best[i] = max(best[i], min(float(sim), 1.0))
+        groups: dict[int, list[int]] = {}
+        for i in range(len(ids)):
+            groups.setdefault(root(i), []).append(i)
+        rows = self.store.images_by_ids(self.collection.id, [int(ids[i]) for g in groups.values() if len(g) > 1
+                                                             for i in g])
+        out = []
+        for members in groups.values():
+            if len(members) > 1:
+                hits = [Hit(id=int(ids[i]), path=rows[int(ids[i])].path, score=float(best[i]),
+                            width=rows[int(ids[i])].width, height=rows[int(ids[i])].height,
+                            size=rows[int(ids[i])].size, mtime=rows[int(ids[i])].mtime) for i in members]
+                out.append(sorted(hits, key=lambda h: h.path))
+        return sorted(out, key=lambda g: (-len(g), g[0].path))
+
     def errors(self) -> list[FileErrorRecord]:
         """Files that could not be indexed, with the reason."""
         return self.store.file_errors(self.collection.id)
