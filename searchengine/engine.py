@@ -12,7 +12,7 @@ import numpy as np
 
 from .config import Settings
 from .errors import CollectionNotFoundError, ModelMismatchError, QueryError, VectorIndexError
-from .store import CollectionRecord, FileErrorRecord, Store
+from .store import CollectionRecord, FileErrorRecord, ImageRecord, Store
 from .vectors import VectorIndex, normalize_factory
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,6 +42,11 @@ class Hit:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_record(cls, rec: ImageRecord, score: float) -> "Hit":
+        return cls(id=rec.id, path=rec.path, score=score, width=rec.width, height=rec.height, size=rec.size,
+                   mtime=rec.mtime)
 
 
 @dataclass(frozen=True)
@@ -283,8 +288,7 @@ class SearchEngine:
         scores, ids = self.index.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), k + max(8, k // 4))
         pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
         rows = self.store.images_by_ids(self.collection.id, [i for i, _ in pairs])
-        hits = [Hit(id=i, path=rows[i].path, score=s, width=rows[i].width, height=rows[i].height,
-                    size=rows[i].size, mtime=rows[i].mtime) for i, s in pairs if i in rows]
+        hits = [Hit.from_record(rows[i], s) for i, s in pairs if i in rows]
         return hits[:k]
 
     # -- status ---------------------------------------------------------------------------
@@ -339,9 +343,7 @@ class SearchEngine:
         out = []
         for members in groups.values():
             if len(members) > 1:
-                hits = [Hit(id=int(ids[i]), path=rows[int(ids[i])].path, score=float(best[i]),
-                            width=rows[int(ids[i])].width, height=rows[int(ids[i])].height,
-                            size=rows[int(ids[i])].size, mtime=rows[int(ids[i])].mtime) for i in members]
+                hits = [Hit.from_record(rows[int(ids[i])], float(best[i])) for i in members]
                 out.append(sorted(hits, key=lambda h: h.path))
         return sorted(out, key=lambda g: (-len(g), g[0].path))
 
