@@ -8,7 +8,6 @@ main process encodes, so decoding overlaps encoding.
 
 from __future__ import annotations
 
-import hashlib
 import multiprocessing
 import os
 import signal
@@ -23,10 +22,11 @@ import numpy as np
 
 from searchengine.errors import ImageDecodeError
 from searchengine.imaging import safe_open
+from searchengine.store import content_hash
 
 from .scan import FileEntry
 
-__all__ = ["Decoded", "DecodeOptions", "decode_all", "content_hash", "MAX_FILE_BYTES"]
+__all__ = ["Decoded", "DecodeOptions", "decode_all", "MAX_FILE_BYTES"]
 
 MAX_FILE_BYTES = 512 * 1024 * 1024
 
@@ -50,10 +50,6 @@ class Decoded:
     width: int = 0
     height: int = 0
     error: str | None = None
-
-
-def content_hash(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 _OPTIONS: DecodeOptions | None = None

@@ -207,8 +207,7 @@ class SearchEngine:
         present = index.ids()
         stale = np.setdiff1d(present, live)
         missing = np.setdiff1d(live, present)
-        newer = [ids for ids, _ in self.store.iter_vectors(cid, min_seq=self.collection.index_seq)]
-        changed = np.intersect1d(np.concatenate(newer) if newer else np.zeros(0, np.int64), present)
+        changed = np.intersect1d(self.store.ids_newer_than(cid, self.collection.index_seq), present)
         if not (stale.size or missing.size or changed.size):
             return index
         log.info("reconciling the index: %d stale, %d missing, %d changed", stale.size, missing.size, changed.size)
@@ -227,9 +226,7 @@ class SearchEngine:
     def _build_index(self, factory: str, *, save: bool) -> VectorIndex:
         cid = self.collection.id
         seq = self.store.current_seq(cid)
-        parts = list(self.store.iter_vectors(cid))
-        ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
-        vecs = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, self.collection.dim), np.float32)
+        ids, vecs = self.store.all_vectors(cid)
         index = VectorIndex.build(factory, self.collection.dim, ids, vecs)
         if save:
             self._save(index, seq)
@@ -313,11 +310,9 @@ class SearchEngine:
 
         if not 0 < threshold <= 1:
             raise QueryError("the duplicate threshold must be in (0, 1]")
-        parts = list(self.store.iter_vectors(self.collection.id))
-        if not parts:
+        ids, vecs = self.store.all_vectors(self.collection.id)
+        if not len(ids):
             return []
-        ids = np.concatenate([p[0] for p in parts])
-        vecs = np.ascontiguousarray(np.concatenate([p[1] for p in parts]))
         flat = faiss.IndexFlatIP(vecs.shape[1])
         flat.add(vecs)
         lims, sims, found = flat.range_search(vecs, threshold - 1e-3)  # float16 storage: a little slack

@@ -13,10 +13,12 @@ import numpy as np
 
 from .datasets import Pair
 from .errors import ConfigError
+from .store import content_hash
 from .vectors import VectorIndex
 from .zeroshot import TEMPLATES, class_embeddings
 
-__all__ = ["RetrievalReport", "ZeroShotReport", "evaluate_retrieval", "evaluate_zeroshot", "recall_at"]
+__all__ = ["RetrievalReport", "ZeroShotReport", "evaluate_retrieval", "evaluate_zeroshot", "recall_at",
+           "distinct_owners"]
 
 
 @dataclass
@@ -104,9 +106,7 @@ class _Answers:
     """
 
     def __init__(self, pairs: Sequence[Pair]) -> None:
-        import hashlib
-
-        content = [hashlib.blake2b(p.image.read_bytes(), digest_size=16).hexdigest() for p in pairs]
+        content = [content_hash(p.image.read_bytes()) for p in pairs]
         self.captions = [{_norm(c) for c in p.captions} for p in pairs]
         self.by_content: dict[str, set[int]] = {}
         self.by_caption: dict[str, set[int]] = {}
@@ -146,14 +146,20 @@ def _image_to_text(engine, pairs, row_pair, kmax, answers: _Answers):
     ids = sorted(row_pair)
     image_vecs = engine.store.vectors_for(engine.collection.id, ids)
     _, found = captions.search(image_vecs, kmax * max(len(p.captions) for p in pairs))
-    ranked = []
-    for row in found:
-        seen: list[int] = []  # distinct pairs in rank order (an image's own captions are one answer)
-        for c in row:
-            if c >= 0 and owner[c] not in seen:
-                seen.append(owner[c])
-        ranked.append(seen[:kmax])
+    ranked = [distinct_owners(row, owner, kmax) for row in found]
     return ranked, [answers.for_image(row_pair[i]) for i in ids]
+
+
+def distinct_owners(ranked_captions: Sequence[int], owner: Sequence[int], k: int) -> list[int]:
+    """The first ``k`` distinct images owning the ranked captions (an image's captions are one
+    answer); faiss's -1 padding is skipped."""
+    seen: list[int] = []
+    for c in ranked_captions:
+        if c >= 0 and int(owner[c]) not in seen:
+            seen.append(int(owner[c]))
+            if len(seen) == k:
+                break
+    return seen
 
 
 def _encode_texts(encoder, texts: list[str], batch: int = 256) -> np.ndarray:

@@ -42,7 +42,7 @@ from .errors import CollectionNotFoundError, StoreError
 
 __all__ = [
     "Store", "CollectionRecord", "ImageRecord", "FileErrorRecord", "NewImage",
-    "SCHEMA_VERSION", "pack_vectors", "unpack_vectors",
+    "SCHEMA_VERSION", "pack_vectors", "unpack_vectors", "content_hash",
 ]
 
 metadata = MetaData()
@@ -107,6 +107,13 @@ def _m001_initial(conn: Connection) -> None:
 #: Numbered migrations: ``MIGRATIONS[i]`` takes the schema from version ``i`` to ``i + 1``.
 MIGRATIONS: list[Callable[[Connection], None]] = [_m001_initial]
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def content_hash(data: bytes) -> str:
+    """What ``images.content_hash`` holds: BLAKE2b-128 of the file's bytes, hex."""
+    import hashlib
+
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def pack_vectors(vectors: np.ndarray) -> list[bytes]:
@@ -362,6 +369,19 @@ class Store:
                 return
             last = int(rows[-1][0])
             yield np.array([r[0] for r in rows], dtype=np.int64), unpack_vectors([r[1] for r in rows], dim)
+
+    def all_vectors(self, collection_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of every row, in id order."""
+        parts = list(self.iter_vectors(collection_id))
+        if not parts:
+            return np.zeros(0, np.int64), np.zeros((0, self._dim(collection_id)), np.float32)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def ids_newer_than(self, collection_id: int, seq: int) -> np.ndarray:
+        """Ids of rows written after sequence number ``seq``."""
+        with self.engine.connect() as conn:
+            return np.fromiter(conn.execute(select(images.c.id).where(
+                images.c.collection_id == collection_id, images.c.seq > seq)).scalars(), dtype=np.int64)
 
     def live_ids(self, collection_id: int) -> np.ndarray:
         with self.engine.connect() as conn:

@@ -15,7 +15,6 @@ Every epoch reports validation recall@k; the best epoch's weights are kept.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import time
@@ -27,6 +26,8 @@ import numpy as np
 
 from .datasets import Pair, split_pairs
 from .errors import ConfigError, ImageDecodeError
+from .evaluate import distinct_owners, recall_at
+from .store import content_hash
 
 __all__ = ["TrainOptions", "TrainReport", "EpochStats", "train", "info_nce", "retrieval_recall"]
 
@@ -97,22 +98,10 @@ def retrieval_recall(image: np.ndarray, text: np.ndarray, owner: np.ndarray, fir
     ``owner[j]`` is the image of caption j; ``first[i]`` the caption that queries for image i.
     """
     sims = image @ text.T  # (n, m)
+    own = [{i} for i in range(len(image))]
     t2i_rank = np.argsort(-sims[:, first].T, axis=1)  # each image's first caption -> images
-    t2i = {k: float(np.mean([i in row[:k] for i, row in enumerate(t2i_rank)])) for k in ks}
-    i2t_rank = np.argsort(-sims, axis=1)
-    i2t = {}
-    for k in ks:
-        hits = []
-        for i, row in enumerate(i2t_rank):
-            seen: list[int] = []
-            for j in row:
-                if owner[j] not in seen:
-                    seen.append(int(owner[j]))
-                if len(seen) == k:
-                    break
-            hits.append(i in seen)
-        i2t[k] = float(np.mean(hits))
-    return t2i, i2t
+    i2t_rank = [distinct_owners(row, owner, max(ks)) for row in np.argsort(-sims, axis=1)]
+    return recall_at(t2i_rank.tolist(), own, ks), recall_at(i2t_rank, own, ks)
 
 
 def _score(t2i: dict[int, float]) -> float:
@@ -140,11 +129,11 @@ class FeatureCache:
 
 
 def _file_key(path: Path) -> str:
-    return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+    return content_hash(path.read_bytes())
 
 
 def _text_key(text: str) -> str:
-    return "t:" + hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+    return "t:" + content_hash(text.encode("utf-8"))
 
 
 def _image_features(paths: list[Path], encode: Callable, size: int, cache: FeatureCache, batch: int,
