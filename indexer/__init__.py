@@ -12,15 +12,16 @@ from contextlib import closing
 from typing import Iterable, Protocol
 
 from searchengine.engine import SearchEngine
+from searchengine.errors import ConfigError
 from searchengine.imaging import image_extensions
-from searchengine.store import FileErrorRecord
+from searchengine.store import FileErrorRecord, ImageRecord
 
 from .diff import Plan, plan
 from .pipeline import DecodeOptions, decode_all, iter_batches
 from .scan import ScanResult, normalize_roots, scan
 from .writer import IndexReport, Writer
 
-__all__ = ["index_folder", "IndexReport", "Progress", "scan", "plan"]
+__all__ = ["index_folder", "import_catalog", "IndexReport", "ImportReport", "Progress", "scan", "plan", "run_files"]
 
 
 class Progress(Protocol):
@@ -33,13 +34,16 @@ class Progress(Protocol):
 
 def index_folder(paths: Iterable[str | os.PathLike] | str | os.PathLike, *, engine: SearchEngine | None = None,
                  collection: str | None = None, model: str | None = None, retry_errors: bool = False,
-                 progress: Progress | None = None, **open_kwargs: object) -> IndexReport:
+                 ocr: bool | None = None, progress: Progress | None = None, **open_kwargs: object) -> IndexReport:
     """Index (or re-index) one or more folders into a collection, incrementally.
 
     Unchanged files are skipped without decoding, changed ones re-encoded, moved ones keep
     their id, vanished ones are removed, identical content is encoded once, and unreadable
-    files become recorded errors. Pass an open ``engine``, or the arguments of
-    :meth:`SearchEngine.open` (the collection is created when missing).
+    files become recorded errors. Captions and metadata come from sidecar files (``photo.txt``,
+    ``photo.json``) and the date taken from EXIF. ``ocr=True`` reads the text inside images
+    (needs the ``ocr`` extra) and stays on for the collection until ``ocr=False``.
+    Pass an open ``engine``, or the arguments of :meth:`SearchEngine.open` (the collection is
+    created when missing).
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -48,21 +52,34 @@ def index_folder(paths: Iterable[str | os.PathLike] | str | os.PathLike, *, engi
     if engine is None:
         engine = SearchEngine.open(collection, model=model, create=True, writable=True, **open_kwargs)  # type: ignore[arg-type]
     try:
-        return _run(engine, roots, retry_errors, progress)
+        if ocr is not None and bool(ocr) != bool(engine.collection.ocr):
+            if ocr:
+                from searchengine.ocr import available
+
+                if not available():
+                    raise ConfigError("reading text in images needs the ocr extra: pip install 'searchengine[ocr]'")
+            engine.store.set_ocr(engine.collection.id, ocr)
+            engine._refresh()
+        scanned = scan(roots, image_extensions())
+        cid = engine.collection.id
+        return run_files(engine, scanned, engine.store.images_under(cid, scanned.roots),
+                         engine.store.file_errors(cid, scanned.roots), retry_errors=retry_errors, progress=progress)
     finally:
         if own:
             engine.close()
 
 
-def _run(engine: SearchEngine, paths: list, retry_errors: bool, progress: Progress | None) -> IndexReport:
+def run_files(engine: SearchEngine, scanned: ScanResult, rows: list[ImageRecord], errors: list[FileErrorRecord], *,
+              retry_errors: bool = False, progress: Progress | None = None, source: str = "folder") -> IndexReport:
+    """Bring the store in step with scanned files, given the rows and errors stored for them
+    (rows not among the scanned files and not under a scan error are removed as vanished)."""
     started = time.perf_counter()
     report = IndexReport()
     store, cid = engine.store, engine.collection.id
-    scanned: ScanResult = scan(paths, image_extensions())
-    work: Plan = plan(scanned, store.images_under(cid, scanned.roots), store.file_errors(cid, scanned.roots),
-                      retry_errors=retry_errors)
+    ocr = bool(engine.collection.ocr)
+    work: Plan = plan(scanned, rows, errors, retry_errors=retry_errors, ocr=ocr)
     report.unchanged, report.known_failures = work.unchanged, work.known_failures
-    writer = Writer(engine, work, report)
+    writer = Writer(engine, work, report, source=source)
     if scanned.errors:
         now = time.time()
         errs = [FileErrorRecord(p, msg, 0, 0.0, now) for p, msg in scanned.errors]
@@ -76,7 +93,8 @@ def _run(engine: SearchEngine, paths: list, retry_errors: bool, progress: Progre
             encoder = engine.encoder
             options = DecodeOptions(pil_stage=encoder.pil_stage, known_hashes=writer.known_hashes,
                                     own_hashes=writer.own_hashes, max_pixels=engine.settings.max_pixels,
-                                    draft_size=encoder.image_size)
+                                    draft_size=encoder.image_size, ocr=ocr,
+                                    ocr_hashes=store.ocr_hashes(cid) if ocr else frozenset())
             with closing(decode_all(work.candidates, options, engine.settings.decode_workers())) as decoded:
                 for batch in iter_batches(decoded, engine.settings.batch_size):
                     writer.write(batch)
@@ -92,3 +110,6 @@ def _run(engine: SearchEngine, paths: list, retry_errors: bool, progress: Progre
             progress.close()
     report.seconds = time.perf_counter() - started
     return report
+
+
+from .importer import ImportReport, import_catalog  # noqa: E402  (the importer builds on run_files)

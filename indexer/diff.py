@@ -27,15 +27,19 @@ class Plan:
 
 
 def plan(scanned: ScanResult, rows: list[ImageRecord], errors: list[FileErrorRecord],
-         retry_errors: bool = False) -> Plan:
-    """Compare scanned files with stored rows and recorded errors (both under the same roots)."""
+         retry_errors: bool = False, ocr: bool = False) -> Plan:
+    """Compare scanned files with stored rows and recorded errors (both under the same roots).
+
+    A file is unchanged when its size, mtime and sidecars are (and, with ``ocr``, its text was read).
+    """
     result = Plan(existing={r.path: r for r in rows})
     failed = {e.path: e for e in errors}
     seen: set[str] = set()
     for entry in scanned.files:
         seen.add(entry.path)
         row = result.existing.get(entry.path)
-        if row is not None and row.size == entry.size and row.mtime == entry.mtime:
+        if (row is not None and row.size == entry.size and row.mtime == entry.mtime
+                and row.sidecar_sig == entry.sidecar and not (ocr and row.ocr_text is None)):
             result.unchanged += 1
             continue
         err = failed.get(entry.path)

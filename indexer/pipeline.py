@@ -21,10 +21,11 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from searchengine.errors import ImageDecodeError
-from searchengine.imaging import safe_open
+from searchengine.imaging import safe_open, taken_at
 from searchengine.store import content_hash
 
 from .scan import FileEntry
+from .sidecar import read_sidecar
 
 __all__ = ["Decoded", "DecodeOptions", "decode_all", "MAX_FILE_BYTES"]
 
@@ -40,6 +41,9 @@ class DecodeOptions:
     draft_size: int | None
     #: path -> the content hash stored for it: a file that only got a new mtime is not decoded
     own_hashes: dict[str, str] = field(default_factory=dict)
+    #: read the text inside images (OCR); contents in ``ocr_hashes`` already have theirs
+    ocr: bool = False
+    ocr_hashes: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -50,9 +54,15 @@ class Decoded:
     width: int = 0
     height: int = 0
     error: str | None = None
+    caption: str | None = None  # from the sidecars
+    attributes: dict = field(default_factory=dict)
+    sidecar_error: str | None = None
+    taken_at: str | None = None  # EXIF DateTimeOriginal
+    ocr_text: str | None = None  # None: not read this time
 
 
 _OPTIONS: DecodeOptions | None = None
+_READER = None  # the worker's OCR reader, made on first use
 
 
 def _init_worker(options: DecodeOptions) -> None:
@@ -70,7 +80,11 @@ def _read(entry: FileEntry) -> bytes:
 
 
 def decode_one(entry: FileEntry, options: DecodeOptions | None = None) -> Decoded:
-    """Read, hash and (when the content is new) decode one file; never raises for bad files."""
+    """Read, hash and (when the content is new) decode one file; never raises for bad files.
+
+    Its sidecar caption and EXIF date are read every time (cheap); pixels and OCR text only
+    for contents that need them.
+    """
     opts = options or _OPTIONS
     assert opts is not None, "decode_one needs options (or an initialised worker)"
     try:
@@ -80,15 +94,32 @@ def decode_one(entry: FileEntry, options: DecodeOptions | None = None) -> Decode
     except OSError as exc:
         return Decoded(entry, error=f"cannot read file: {exc.strerror or exc}")
     digest = content_hash(data)
-    if digest in opts.known_hashes or opts.own_hashes.get(entry.path) == digest:
-        return Decoded(entry, content_hash=digest)
-    try:
-        image = safe_open(data, max_pixels=opts.max_pixels, draft_size=opts.draft_size)
+    side = read_sidecar(entry.path)
+    meta = dict(content_hash=digest, caption=side.caption, attributes=dict(side.attributes),
+                sidecar_error=side.error, taken_at=taken_at(data))
+    known = digest in opts.known_hashes or opts.own_hashes.get(entry.path) == digest
+    wants_text = opts.ocr and digest not in opts.ocr_hashes
+    if known and not wants_text:
+        return Decoded(entry, **meta)
+    try:  # OCR needs the full resolution, not a draft
+        image = safe_open(data, max_pixels=opts.max_pixels, draft_size=None if wants_text else opts.draft_size)
     except ImageDecodeError as exc:
-        return Decoded(entry, content_hash=digest, error=str(exc))
+        return Decoded(entry, error=str(exc), **meta)
+    text = _text_reader().read(image) if wants_text else None
+    if known:
+        return Decoded(entry, ocr_text=text, **meta)
     width, height = image.size
     pixels = np.asarray(opts.pil_stage(image), dtype=np.uint8)
-    return Decoded(entry, content_hash=digest, pixels=pixels, width=width, height=height)
+    return Decoded(entry, pixels=pixels, width=width, height=height, ocr_text=text, **meta)
+
+
+def _text_reader():
+    global _READER
+    if _READER is None:
+        from searchengine.ocr import TextReader
+
+        _READER = TextReader()
+    return _READER
 
 
 def _decode_chunk(entries: list[FileEntry]) -> list[Decoded]:
@@ -120,8 +151,9 @@ def _run_pool(chunks: deque, options: DecodeOptions, workers: int, window: int) 
     inflight: dict = {}
     try:
         while chunks or suspects or inflight:
-            while not inflight and suspects:
-                inflight[executor.submit(_decode_chunk, suspects[0])] = suspects.popleft()
+            if not inflight and suspects:
+                suspect = suspects.popleft()
+                inflight[executor.submit(_decode_chunk, suspect)] = suspect
             while chunks and not suspects and len(inflight) < window:
                 chunk = chunks.popleft()
                 inflight[executor.submit(_decode_chunk, chunk)] = chunk

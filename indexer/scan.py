@@ -14,6 +14,8 @@ from typing import Iterable
 
 from searchengine.errors import ConfigError
 
+from .sidecar import SIDECAR_EXTENSIONS
+
 __all__ = ["FileEntry", "ScanResult", "scan", "normalize_roots"]
 
 
@@ -22,6 +24,8 @@ class FileEntry:
     path: str
     size: int
     mtime: float
+    #: the size and mtime of its caption sidecars (photo.txt, photo.json), "" when it has none
+    sidecar: str = ""
 
 
 @dataclass
@@ -88,6 +92,7 @@ def _walk(top: str, extensions, seen_dirs, found, errors) -> None:
         except OSError as exc:
             errors.append((_escaped(folder), f"cannot read folder: {exc.strerror or exc}"))
             continue
+        sidecars = {e.name: e for e in entries if e.name.lower().endswith(SIDECAR_EXTENSIONS)}
         for entry in entries:
             try:
                 is_dir = entry.is_dir(follow_symlinks=True)
@@ -97,10 +102,29 @@ def _walk(top: str, extensions, seen_dirs, found, errors) -> None:
                 if not entry.name.startswith("."):
                     stack.append(entry.path)
                 continue
-            _add_file(entry.path, extensions, found, errors)
+            _add_file(entry.path, extensions, found, errors, sidecars=sidecars)
 
 
-def _add_file(path: str, extensions, found, errors, explicit: bool = False) -> None:
+def sidecar_signature(path: str, sidecars: dict | None = None) -> str:
+    """What changes when a caption sidecar of ``path`` is added, edited or removed."""
+    folder, name = os.path.split(path)
+    stem = os.path.splitext(name)[0]
+    parts = []
+    for ext in SIDECAR_EXTENSIONS:
+        try:
+            if sidecars is None:
+                st = os.stat(os.path.join(folder, stem + ext))
+            elif stem + ext in sidecars:
+                st = sidecars[stem + ext].stat()
+            else:
+                continue
+        except OSError:
+            continue
+        parts.append(f"{ext}:{st.st_size}:{st.st_mtime_ns}")
+    return " ".join(parts)
+
+
+def _add_file(path: str, extensions, found, errors, explicit: bool = False, sidecars: dict | None = None) -> None:
     ext = os.path.splitext(path)[1].lower()
     if ext not in extensions:
         if explicit:
@@ -116,4 +140,5 @@ def _add_file(path: str, extensions, found, errors, explicit: bool = False) -> N
         return
     if not stat.S_ISREG(st.st_mode):
         return  # FIFOs, sockets, devices: never opened
-    found[path] = FileEntry(path=path, size=int(st.st_size), mtime=float(st.st_mtime))
+    found[path] = FileEntry(path=path, size=int(st.st_size), mtime=float(st.st_mtime),
+                            sidecar=sidecar_signature(path, sidecars))

@@ -3,6 +3,7 @@ batch, write rows + vectors to the store (one transaction a batch), then the ind
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -11,12 +12,14 @@ import numpy as np
 
 from searchengine.engine import SearchEngine
 from searchengine.errors import VectorIndexError
-from searchengine.store import FileErrorRecord, ImageRecord, NewImage, as_stored
+from searchengine.store import FileErrorRecord, ImageRecord, NewImage, as_stored, text_hash
 
 from .diff import Plan
 from .pipeline import Decoded
 
 __all__ = ["Writer", "IndexReport"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -31,6 +34,8 @@ class IndexReport:
     failed: int = 0
     duplicates: int = 0  # files whose content was already encoded (vector reused)
     encoded: int = 0  # images that went through the model
+    captions: int = 0  # captions encoded with the text tower
+    sidecar_errors: int = 0  # unreadable caption sidecars (the images were still indexed)
     known_failures: int = 0  # files with a recorded error, unchanged, not retried
     seconds: float = 0.0
     errors: list[FileErrorRecord] = field(default_factory=list)
@@ -53,13 +58,15 @@ class _Item:
     move_of: ImageRecord | None = None  # "move": the vanished row this file is
     vector: np.ndarray | None = None  # "reuse" by value: a rewritten row's old vector
     dims: tuple[int, int] | None = None  # (width, height) of the reused source
+    ocr: str | None = None  # the text read in the reused source
 
 
 class Writer:
     """Applies decoded files to one collection, a batch at a time."""
 
-    def __init__(self, engine: SearchEngine, plan: Plan, report: IndexReport) -> None:
+    def __init__(self, engine: SearchEngine, plan: Plan, report: IndexReport, source: str = "folder") -> None:
         self.engine = engine
+        self.source = source  # what new rows record as their origin: "folder" or "catalog"
         self.cid = engine.collection.id
         self.plan = plan
         self.report = report
@@ -78,7 +85,7 @@ class Writer:
             row = plan.existing[path]
             if row.content_hash not in self.hash_to_id:
                 self.old_by_hash.setdefault(row.content_hash, row.id)
-        self.orphans: dict[str, tuple[np.ndarray, tuple[int, int]]] = {}
+        self.orphans: dict[str, tuple[np.ndarray, tuple[int, int], str | None]] = {}
         self.known_hashes = frozenset(self.hash_to_id) | frozenset(self.old_by_hash)
         self.own_hashes = {p: plan.existing[p].content_hash for p in candidates if p in plan.existing}
         self.vanished_by_hash: dict[str, list[ImageRecord]] = {}
@@ -96,23 +103,28 @@ class Writer:
         moved, touched, errors, dropped = [], [], [], []
         for item, vec in zip(items, vectors):
             d = item.decoded
+            if d.sidecar_error:
+                log.warning("%s: %s", d.entry.path, d.sidecar_error)
+                self.report.sidecar_errors += 1
             if item.kind == "error":
                 errors.append(FileErrorRecord(d.entry.path, d.error or "", d.entry.size, d.entry.mtime, time.time()))
                 if item.row is not None:
                     dropped.append(item.row.id)  # an indexed file that is no longer a readable image
             elif item.kind == "move":
-                moved.append((item.move_of.id, self._record(d, (item.move_of.width, item.move_of.height))))
+                moved.append((item.move_of.id, self._record(d, (item.move_of.width, item.move_of.height),
+                                                            item.move_of.ocr_text)))
             elif item.kind == "touch":
-                touched.append((item.row.id, self._record(d)))
+                touched.append((item.row.id, self._record(d, ocr=item.row.ocr_text)))
             elif item.row is not None:
-                upd.append((item.row.id, self._record(d, item.dims)))
+                upd.append((item.row.id, self._record(d, item.dims, item.ocr)))
                 upd_vecs.append(vec)
             else:
-                new.append(self._record(d, item.dims))
+                new.append(self._record(d, item.dims, item.ocr))
                 new_vecs.append(vec)
+        captions = [n.caption for n in new] + [n.caption for _, n in (*upd, *moved, *touched)]
         new_ids, _ = self.engine.store.write_batch(
             self.cid, new=new, new_vectors=_stack(new_vecs), updated=upd, updated_vectors=_stack(upd_vecs),
-            moved=moved, touched=touched, removed=dropped, errors=errors)
+            moved=moved, touched=touched, removed=dropped, errors=errors, text_vectors=self._text_vectors(captions))
         self.wrote = True
         for image_id, rec in list(zip(new_ids, new)) + [(i, rec) for i, rec in upd]:
             self.hash_to_id.setdefault(rec.content_hash, image_id)
@@ -136,7 +148,7 @@ class Writer:
             item.kind, item.move_of = "move", move
         elif d.content_hash in self.orphans:
             item.kind = "reuse"
-            item.vector, item.dims = self.orphans[d.content_hash]
+            item.vector, item.dims, item.ocr = self.orphans[d.content_hash]
         elif (source := self.hash_to_id.get(d.content_hash or "", self.old_by_hash.get(d.content_hash or ""))) is not None:
             item.kind, item.source_id = "reuse", source
         return item
@@ -146,7 +158,7 @@ class Writer:
         keep = [r for r in rewritten if self.old_by_hash.get(r.content_hash) == r.id]
         if keep:
             for row, vec in zip(keep, self.engine.store.vectors_for(self.cid, [r.id for r in keep])):
-                self.orphans[row.content_hash] = (vec, (row.width, row.height))
+                self.orphans[row.content_hash] = (vec, (row.width, row.height), row.ocr_text)
                 del self.old_by_hash[row.content_hash]
 
     def _claim_move(self, content: str | None) -> ImageRecord | None:
@@ -165,8 +177,8 @@ class Writer:
             sources = [items[i].source_id for i in by_id]
             rows = self.engine.store.images_by_ids(self.cid, sources)
             for i, vec in zip(by_id, self.engine.store.vectors_for(self.cid, sources)):
-                items[i].vector = vec
-                items[i].dims = (rows[items[i].source_id].width, rows[items[i].source_id].height)
+                source = rows[items[i].source_id]
+                items[i].vector, items[i].dims, items[i].ocr = vec, (source.width, source.height), source.ocr_text
         for i in reuse:
             out[i] = items[i].vector
         first: dict[str, int] = {}
@@ -214,11 +226,24 @@ class Writer:
         elif self.wrote:
             self.engine.save_index()
 
-    @staticmethod
-    def _record(d: Decoded, dims: tuple[int, int] | None = None) -> NewImage:
+    def _text_vectors(self, captions: list[str | None]) -> dict[str, np.ndarray]:
+        """Vectors for these captions: stored ones reused, the others encoded with the text tower."""
+        wanted = {text_hash(c.strip()): c.strip() for c in captions if c and c.strip()}
+        if not wanted:
+            return {}
+        found = self.engine.store.text_vectors_by_hash(self.cid, wanted)
+        missing = [h for h in wanted if h not in found]
+        if missing:
+            found.update(zip(missing, as_stored(self.engine.encoder.encode_texts([wanted[h] for h in missing]))))
+            self.report.captions += len(missing)
+        return found
+
+    def _record(self, d: Decoded, dims: tuple[int, int] | None = None, ocr: str | None = None) -> NewImage:
         width, height = dims or (d.width, d.height)
         return NewImage(path=d.entry.path, size=d.entry.size, mtime=d.entry.mtime, content_hash=d.content_hash or "",
-                        width=width, height=height)
+                        width=width, height=height, caption=d.caption, taken_at=d.taken_at,
+                        ocr_text=d.ocr_text if d.ocr_text is not None else ocr, sidecar_sig=d.entry.sidecar,
+                        attributes=d.attributes, source=self.source)
 
 
 def _stack(vecs: list[np.ndarray]) -> np.ndarray | None:

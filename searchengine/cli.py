@@ -133,11 +133,19 @@ def index(
                                                    help="Decode processes; 0 decodes in the main process "
                                                         "[default: from the core count].")] = None,
     retry_errors: Annotated[bool, typer.Option("--retry-errors", help="Retry files that failed before even if unchanged.")] = False,
+    ocr: Annotated[Optional[bool], typer.Option(
+        "--ocr/--no-ocr", show_default=False,
+        help="Read the text inside images (signs, labels, screenshots) so keyword and hybrid search find it; "
+             "needs the ocr extra. The choice sticks to the collection [default: off].")] = None,
     data_dir: DataDir = None, db: Db = None, device: Device = "auto",
     json_out: Json = False, verbose: Verbose = False,
 ) -> None:
     """Index folders into a collection: recursive and incremental (unchanged files are skipped,
-    moved files keep their id, vanished files are removed; unreadable files are recorded as errors)."""
+    moved files keep their id, vanished files are removed; unreadable files are recorded as errors).
+
+    Captions and metadata are read from sidecar files next to each image (photo.txt holds a
+    caption; photo.json an object with "caption" and any other fields, which become filterable
+    attributes), and the date taken from EXIF."""
     _logging(verbose)
     from .config import Settings
 
@@ -151,7 +159,7 @@ def index(
 
         roots = normalize_roots(paths)  # a mistyped path fails before a collection is created
         with SearchEngine.open(settings=settings, create=True, writable=True) as engine:
-            report = index_folder(roots, engine=engine, retry_errors=retry_errors,
+            report = index_folder(roots, engine=engine, retry_errors=retry_errors, ocr=ocr,
                                   progress=_Bar(enabled=not json_out))
         if json_out:
             _echo_json(report.to_dict())
@@ -163,39 +171,172 @@ def index(
                    + (f", {rate:.1f} images/s" if report.encoded else ""))
         if report.known_failures:
             typer.echo(f"{report.known_failures} files failed before and were skipped (--retry-errors to retry).")
-        for err in report.errors[:10]:
-            typer.echo(f"  failed: {err.path}: {err.error}", err=True)
-        if len(report.errors) > 10:
-            typer.echo(f"  ... and {len(report.errors) - 10} more (searchengine status --errors)", err=True)
+        if report.sidecar_errors:
+            typer.echo(f"{report.sidecar_errors} caption sidecars could not be read (see --verbose).", err=True)
+        _echo_errors(report.errors)
+
+
+def _echo_errors(errors: list) -> None:
+    for err in errors[:10]:
+        typer.echo(f"  failed: {err.path}: {err.error}", err=True)
+    if len(errors) > 10:
+        typer.echo(f"  ... and {len(errors) - 10} more (searchengine status --errors)", err=True)
+
+
+@app.command("import")
+def import_(
+    catalog: Annotated[Path, typer.Argument(help="Catalog file: .csv, .tsv, .jsonl, .json (array) or .parquet.",
+                                            show_default=False)],
+    id_column: Annotated[Optional[str], typer.Option(
+        "--id-column", show_default=False, help="Product id column [default: id, product_id, sku or item_id].")] = None,
+    image_column: Annotated[Optional[list[str]], typer.Option(
+        "--image-column", show_default=False,
+        help="Image column (repeat for several); cells hold paths or http(s) URLs, several separated by | "
+             "[default: images, image, image_url, image_path...].")] = None,
+    title_column: Annotated[Optional[str], typer.Option("--title-column", show_default=False,
+                                                        help="[default: title, name or product_name]")] = None,
+    description_column: Annotated[Optional[str], typer.Option(
+        "--description-column", show_default=False, help="[default: description, desc or body]")] = None,
+    caption_column: Annotated[Optional[str], typer.Option("--caption-column", show_default=False,
+                                                          help="[default: caption or text]")] = None,
+    attribute: Annotated[Optional[list[str]], typer.Option(
+        "--attribute", show_default=False,
+        help="Keep only these columns as attributes (repeat) [default: every other column].")] = None,
+    keep_missing: Annotated[bool, typer.Option(
+        "--keep-missing", help="Keep products that are no longer in the catalog (default: remove them).")] = False,
+    refresh: Annotated[bool, typer.Option("--refresh", help="Download URL images again instead of using the cache.")] = False,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds per download attempt.")] = 20.0,
+    max_download_mb: Annotated[float, typer.Option(min=0.01, help="Largest image to download, in MB.")] = 50.0,
+    retries: Annotated[int, typer.Option(min=0, help="Extra attempts after timeouts and server errors.")] = 2,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", envvar="SEARCHENGINE_MODEL", show_default=False,
+        help="Model for a NEW collection (as for index).")] = None,
+    collection: Collection = "default", data_dir: DataDir = None, db: Db = None, device: Device = "auto",
+    json_out: Json = False, verbose: Verbose = False,
+) -> None:
+    """Import a product catalog: one product per row with an id, images (paths or URLs), title,
+    description, caption and any other columns as filterable attributes (category, brand, price,
+    tags...). Re-importing upserts by product id, removes products that left the catalog and
+    encodes only what changed. Bad rows are reported with their line number; the rest imports."""
+    _logging(verbose)
+    from .config import Settings
+
+    with _errors():
+        from indexer import import_catalog
+        from indexer.catalog import CatalogColumns
+        from indexer.fetch import FetchOptions
+
+        from .engine import SearchEngine
+
+        columns = CatalogColumns(id=id_column, images=tuple(image_column or ()), title=title_column,
+                                 description=description_column, caption=caption_column,
+                                 attributes=tuple(attribute) if attribute else None)
+        fetch = FetchOptions(timeout=timeout, max_bytes=int(max_download_mb * 1024 * 1024), retries=retries)
+        settings = Settings.from_env(collection=collection, data_dir=data_dir, db_url=db, model=model, device=device)
+        from indexer.catalog import read_catalog
+
+        rows = read_catalog(catalog, columns)  # a bad file or column fails before a collection is created
+        with SearchEngine.open(settings=settings, create=True, writable=True) as engine:
+            report = import_catalog(rows, engine=engine, columns=columns, fetch_options=fetch,
+                                    prune=not keep_missing, refresh=refresh, progress=_Bar(enabled=not json_out))
+        if json_out:
+            _echo_json(report.to_dict())
+            return
+        typer.echo(f"{report.added} products added, {report.updated} updated, {report.removed} removed, "
+                   f"{report.unchanged} unchanged, {report.row_errors} bad rows; images: {report.images.added} added, "
+                   f"{report.images.encoded} encoded, {report.downloaded} downloaded, "
+                   f"{report.download_errors + report.images.failed} failed, in {report.seconds:.1f}s")
+        _echo_errors(report.errors)
 
 
 @app.command()
 def search(
-    query: Annotated[str, typer.Argument(help="Text, or the path of an image to find similar images.", show_default=False)],
+    query: Annotated[str, typer.Argument(
+        help='Text ("a dog on a beach"), an image path, or a composed query such as '
+             '\'"red dress" - "long sleeves" + 0.5:./ref.jpg\' (see the README).', show_default=False)],
     k: Annotated[int, typer.Option("-k", "--top-k", min=1, max=10_000, help="Number of results.")] = 10,
-    as_text: Annotated[bool, typer.Option("--text", help="Treat QUERY as text even if a file has that name.")] = False,
+    to: Annotated[str, typer.Option(
+        "--to", help="What to find: image (images and products) or text (captions and product titles: "
+                     "image->text with an image QUERY, text->text with a text one).")] = "image",
+    as_text: Annotated[bool, typer.Option("--text", help="Treat QUERY as plain text: no image path, no composition.")] = False,
+    where: Annotated[Optional[str], typer.Option(
+        "--where", show_default=False,
+        help='Filter expression, e.g. \'category = "shoes" and price < 50\'; fields: attributes, path, folder, '
+             'type, taken, caption, text, width, height, size, product, title.')] = None,
+    filters: Annotated[Optional[list[str]], typer.Option(
+        "--filter", show_default=False,
+        help="Filter KEY=VALUE, KEY!=VALUE, KEY>=VALUE... or a range KEY=LO..HI (repeat: all must hold).")] = None,
+    under: Annotated[Optional[list[str]], typer.Option(
+        "--under", show_default=False, help="Only images under this folder (repeat for any of several).")] = None,
+    file_type: Annotated[Optional[list[str]], typer.Option(
+        "--type", show_default=False, help="Only these file types, e.g. jpg, png, heic (repeat).")] = None,
+    mode: Annotated[str, typer.Option(
+        "--mode", help="vector (embeddings), keyword (words in captions, titles, attributes and image text) "
+                       "or hybrid (both, fused by reciprocal rank).")] = "vector",
+    keyword_weight: Annotated[float, typer.Option(min=0.0, max=1.0, help="hybrid: the keyword ranking's share.")] = 0.5,
     min_score: Annotated[Optional[float], typer.Option(
-        "--min-score", show_default=False, help="Drop hits scoring below this (cosine similarity).")] = None,
+        "--min-score", show_default=False, help="Drop hits scoring below this (cosine similarity in vector mode).")] = None,
+    sort: Annotated[str, typer.Option(
+        "--sort", help="score, or date: the relevant hits (above --min-score, else the top k) newest first "
+                       "by EXIF date taken.")] = "score",
+    dedup: Annotated[bool, typer.Option("--dedup", help="Collapse near-duplicate images into their best hit.")] = False,
+    dedup_threshold: Annotated[float, typer.Option(min=0.01, max=1.0, help="Cosine at which --dedup merges.")] = 0.95,
+    all_images: Annotated[bool, typer.Option(
+        "--images", help="One hit per image, even for several images of one product (default: one per product).")] = False,
     collection: Collection = "default", data_dir: DataDir = None, db: Db = None, device: Device = "auto",
     json_out: Json = False, verbose: Verbose = False,
 ) -> None:
-    """Search a collection by text ("a dog on a beach") or by image (a path): ranked hits with scores."""
+    """Search a collection by text, by image or both, with filters, keyword/hybrid ranking and
+    image->text retrieval: ranked hits with scores."""
     _logging(verbose)
     with _errors():
+        from .filters import Compare, In, Or, all_of, parse_filter_option, parse_where
+        from .query import is_plain_text, parse_query
+
+        if to not in ("image", "text"):
+            raise QueryError(f"--to takes image or text, not {to!r}")
+        path = os.path.expanduser(query)
+        is_image = not as_text and os.path.isfile(path)
+        composed = None if as_text or is_image else parse_query(query)
+        if composed is not None and is_plain_text(composed):
+            composed = None
+        node = all_of([parse_where(where) if where else None, *(parse_filter_option(f) for f in filters or ()),
+                       Or(tuple(Compare("folder", "=", u) for u in under)) if under and len(under) > 1
+                       else (Compare("folder", "=", under[0]) if under else None),
+                       In("type", tuple(t.lower().lstrip(".") for t in file_type)) if file_type else None])
         with _open(collection, data_dir, db, device) as engine:
-            is_image = not as_text and os.path.isfile(os.path.expanduser(query))
-            hits = engine.search_image(os.path.expanduser(query), k=k) if is_image else engine.search_text(query, k=k)
-        if min_score is not None:
-            hits = [h for h in hits if h.score >= min_score]
+            if to == "text":
+                if composed is not None:
+                    raise QueryError("--to text takes one text or one image, not a composed query")
+                texts = engine.search_texts(image=path, k=k) if is_image else engine.search_texts(text=query, k=k)
+                _echo_texts(texts, json_out)
+                return
+            source = {"image": path} if is_image else ({"query": query} if composed is not None else {"text": query})
+            hits = engine.search(**source, k=k, filters=node, mode=mode, keyword_weight=keyword_weight,  # type: ignore[arg-type]
+                                 min_score=min_score, sort=sort, dedup=dedup_threshold if dedup else None,  # type: ignore[arg-type]
+                                 group=not all_images)
         if json_out:
             _echo_json([h.to_dict() for h in hits])
             return
         if not hits:
-            typer.echo("No results: the collection is empty.")
+            typer.echo("No results." if engine.index.ntotal else "No results: the collection is empty.")
             return
         width = len(str(len(hits)))
         for rank, hit in enumerate(hits, 1):
-            typer.echo(f"{rank:>{width}}  {hit.score:.4f}  {hit.path}")
+            product = f"  [{hit.product_id}] {hit.title or ''}".rstrip() if hit.product_id else ""
+            date = f"  {hit.taken_at}" if sort == "date" and hit.taken_at else ""
+            typer.echo(f"{rank:>{width}}  {hit.score:.4f}  {hit.path}{product}{date}")
+
+
+def _echo_texts(texts: list, json_out: bool) -> None:
+    if json_out:
+        _echo_json([t.to_dict() for t in texts])
+        return
+    if not texts:
+        typer.echo("No results: the collection has no captions or product titles.")
+    for rank, t in enumerate(texts, 1):
+        owner = f"[{t.product_id}]" if t.product_id else (t.path or "")
+        typer.echo(f"{rank:>3}  {t.score:.4f}  {t.field}: {t.text}  {owner}")
 
 
 @app.command()
@@ -217,7 +358,8 @@ def status(
             _echo_json(out)
             return
         rows = [("collection", st.collection), ("model", st.model), ("dimension", st.dim),
-                ("fingerprint", st.fingerprint), ("images", st.images), ("errors", st.errors),
+                ("fingerprint", st.fingerprint), ("images", st.images), ("products", st.products),
+                ("texts", f"{st.texts} captions and titles"), ("errors", st.errors),
                 ("index", f"{st.index_factory} ({st.index_type}, {st.index_vectors} vectors)")]
         if st.index_note:
             rows.append(("index note", st.index_note))

@@ -4,49 +4,88 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Union
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Sequence, Union
 
 import numpy as np
 
 from .config import Settings
 from .errors import CollectionNotFoundError, ModelMismatchError, QueryError, VectorIndexError
-from .store import CollectionRecord, FileErrorRecord, ImageRecord, Store
+from .store import CollectionRecord, FileErrorRecord, ImageRecord, ProductRecord, Store, VectorKind
 from .vectors import VectorIndex, normalize_factory
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
+    from .filters import FilterSpec
     from .models.clip import ClipEncoder
 
-__all__ = ["SearchEngine", "Hit", "CollectionStatus", "ImageQuery"]
+__all__ = ["SearchEngine", "Hit", "TextHit", "CollectionStatus", "ImageQuery", "SearchMode"]
 
 log = logging.getLogger(__name__)
 
 ImageQuery = Union[str, os.PathLike, bytes, BinaryIO, "Image.Image"]
 INDEX_FILE = "index.faiss"
+TEXT_INDEX_FILE = "texts.faiss"
+SearchMode = Literal["vector", "keyword", "hybrid"]
+#: Reciprocal rank fusion's constant (Cormack et al. 2009): rank r contributes weight / (RRF_K + r).
+RRF_K = 60
 
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result, joined through the store."""
+    """One search result, joined through the store: an image, or a product with its best image."""
 
-    id: int
-    path: str
+    id: int  # the image's id
+    path: str  # the matched image
     score: float
     width: int
     height: int
     size: int
     mtime: float
+    caption: str | None = None
+    taken_at: str | None = None  # EXIF DateTimeOriginal, ISO 8601
+    text: str | None = None  # the text read inside the image (OCR)
+    #: the image's own attributes, and its product's (filters and keyword search see both)
+    attributes: dict[str, list[str]] = field(default_factory=dict)
+    product_id: str | None = None  # the catalog's product id
+    title: str | None = None
+    description: str | None = None
+    images: list[str] = field(default_factory=list)  # a product's images, in catalog order
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_record(cls, rec: ImageRecord, score: float) -> "Hit":
+    def from_record(cls, rec: ImageRecord, score: float, attributes: dict | None = None,
+                    product: ProductRecord | None = None) -> "Hit":
+        attrs = dict(attributes or {})
+        extra: dict[str, Any] = {}
+        if product is not None:
+            for key, values in product.attributes.items():
+                attrs.setdefault(key, []).extend(v for v in values if v not in attrs.get(key, []))
+            extra = dict(product_id=product.key, title=product.title, description=product.description,
+                         images=list(product.images))
         return cls(id=rec.id, path=rec.path, score=score, width=rec.width, height=rec.height, size=rec.size,
-                   mtime=rec.mtime)
+                   mtime=rec.mtime, caption=rec.caption or (product.caption if product else None),
+                   taken_at=rec.taken_at, text=rec.ocr_text or None, attributes=attrs, **extra)
+
+
+@dataclass(frozen=True)
+class TextHit:
+    """A caption or product title found by image->text or text->text search."""
+
+    id: int
+    score: float
+    text: str
+    field: str  # "caption" or "title"
+    image_id: int | None = None
+    path: str | None = None  # the image a caption belongs to
+    product_id: str | None = None  # the product a title or caption belongs to
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -57,6 +96,8 @@ class CollectionStatus:
     fingerprint: str
     images: int
     errors: int
+    products: int
+    texts: int
     index_factory: str
     index_type: str
     index_vectors: int
@@ -67,6 +108,27 @@ class CollectionStatus:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def fuse(vector: Sequence[tuple[int, float]], keyword: Sequence[tuple[int, float]],
+         keyword_weight: float = 0.5) -> list[tuple[int, float]]:
+    """Reciprocal rank fusion: each list adds ``weight / (RRF_K + rank)`` (rank from 1) to an id.
+
+    Ties go to the better vector rank, then the smaller id.
+    """
+    scores: dict[int, float] = {}
+    for ranked, weight in ((vector, 1.0 - keyword_weight), (keyword, keyword_weight)):
+        for rank, (i, _) in enumerate(ranked, start=1):
+            scores[i] = scores.get(i, 0.0) + weight / (RRF_K + rank)
+    vrank = {i: r for r, (i, _) in enumerate(vector)}
+    return sorted(scores.items(), key=lambda p: (-p[1], vrank.get(p[0], len(vrank)), p[0]))
+
+
+def _normalized(vec: np.ndarray) -> np.ndarray:
+    norm = float(np.linalg.norm(vec))
+    if norm < 1e-6:
+        raise QueryError("the query's parts cancel out; change their weights")
+    return (vec / norm).astype(np.float32)
 
 
 def canonical_spec(spec: str) -> str:
@@ -96,6 +158,7 @@ class SearchEngine:
         self.writable = writable
         self._encoder = encoder
         self._encoder_checked = False
+        self._text_index: VectorIndex | None = None
         self.index = self._load_index()
 
     # -- opening --------------------------------------------------------------------------
@@ -183,86 +246,249 @@ class SearchEngine:
                 f"(fingerprint {fingerprint_id(probe)} != {rec.fingerprint_id}); restore the original weights, "
                 "or index into another --collection")
 
-    # -- the vector index -----------------------------------------------------------------
+    # -- the vector indexes -----------------------------------------------------------------
+    # Two derived indexes: images (loaded on open) and texts (captions, titles; loaded on first use).
     @property
     def index_path(self) -> Path:
         return self.settings.collection_dir / INDEX_FILE
 
-    def _load_index(self) -> VectorIndex:
+    def _path(self, kind: VectorKind) -> Path:
+        return self.settings.collection_dir / (INDEX_FILE if kind == "images" else TEXT_INDEX_FILE)
+
+    def _index_seq(self, kind: VectorKind) -> int:
+        return self.collection.index_seq if kind == "images" else self.collection.text_index_seq
+
+    @property
+    def text_index(self) -> VectorIndex:
+        """The captions' and titles' index (image->text and text->text search)."""
+        if self._text_index is None:
+            self._text_index = self._load_index("texts")
+        return self._text_index
+
+    def _load_index(self, kind: VectorKind = "images") -> VectorIndex:
         rec = self.collection
-        if not self.index_path.exists():
-            return self._build_index(rec.index_factory, save=self.writable)
+        path = self._path(kind)
+        if not path.exists():
+            return self._build_index(rec.index_factory, save=self.writable, kind=kind)
         try:
-            index = VectorIndex.load(self.index_path, rec.index_factory, rec.dim, note=rec.index_note)
+            index = VectorIndex.load(path, rec.index_factory, rec.dim,
+                                     note=rec.index_note if kind == "images" else "")
         except VectorIndexError as exc:
             log.warning("%s; rebuilding it from the store", exc)
-            return self._build_index(rec.index_factory, save=self.writable)
-        return self._reconcile(index)
+            return self._build_index(rec.index_factory, save=self.writable, kind=kind)
+        return self._reconcile(index, kind)
 
-    def _reconcile(self, index: VectorIndex) -> VectorIndex:
+    def _reconcile(self, index: VectorIndex, kind: VectorKind = "images") -> VectorIndex:
         """Make the index's id set equal the live rows, and re-add rows written after it was saved."""
         cid = self.collection.id
         seq = self.store.current_seq(cid)  # read first: later writes look newer, never older
-        live = self.store.live_ids(cid)
+        live = self.store.live_ids(cid, kind)
         present = index.ids()
         stale = np.setdiff1d(present, live)
         missing = np.setdiff1d(live, present)
-        changed = np.intersect1d(self.store.ids_newer_than(cid, self.collection.index_seq), present)
+        changed = np.intersect1d(self.store.ids_newer_than(cid, self._index_seq(kind), kind), present)
         if not (stale.size or missing.size or changed.size):
             return index
-        log.info("reconciling the index: %d stale, %d missing, %d changed", stale.size, missing.size, changed.size)
+        log.info("reconciling the %s index: %d stale, %d missing, %d changed", kind, stale.size, missing.size,
+                 changed.size)
         try:
             index.remove(np.concatenate([stale, changed]).tolist())
         except VectorIndexError:
-            return self._build_index(self.collection.index_factory, save=self.writable)
+            return self._build_index(self.collection.index_factory, save=self.writable, kind=kind)
         todo = np.concatenate([missing, changed])
         for start in range(0, todo.size, 8192):
             chunk = todo[start : start + 8192]
-            index.add(chunk, self.store.vectors_for(cid, chunk.tolist()))
+            index.add(chunk, self.store.vectors_for(cid, chunk.tolist(), kind))
         if self.writable:
-            self._save(index, seq)
+            self._save(index, seq, kind)
         return index
 
-    def _build_index(self, factory: str, *, save: bool) -> VectorIndex:
+    def _build_index(self, factory: str, *, save: bool, kind: VectorKind = "images") -> VectorIndex:
         cid = self.collection.id
         seq = self.store.current_seq(cid)
-        ids, vecs = self.store.all_vectors(cid)
+        ids, vecs = self.store.all_vectors(cid, kind)
         index = VectorIndex.build(factory, self.collection.dim, ids, vecs)
         if save:
-            self._save(index, seq)
+            self._save(index, seq, kind)
         return index
 
-    def _save(self, index: VectorIndex, seq: int) -> None:
-        index.save(self.index_path)
-        self.store.set_index_state(self.collection.id, seq, index.note)
+    def _save(self, index: VectorIndex, seq: int, kind: VectorKind = "images") -> None:
+        index.save(self._path(kind))
+        self.store.set_index_state(self.collection.id, seq, index.note, kind)
         self._refresh()
 
     def _refresh(self) -> None:
         self.collection = self.store.require_collection(self.collection.name)
 
     def save_index(self) -> None:
-        """Save the in-memory index (after a writer's batches) and record what it reflects."""
+        """Save the in-memory image index (after a writer's batches) and bring the text index up to date."""
         self._save(self.index, self.store.current_seq(self.collection.id))
+        self.sync_texts()
+
+    def sync_texts(self) -> None:
+        """Bring the text index in step with the stored captions and titles (and save it)."""
+        if self._text_index is None:
+            self._text_index = self._load_index("texts")
+        else:
+            self._text_index = self._reconcile(self._text_index, "texts")
 
     def rebuild_index(self, index_factory: str | None = None) -> int:
-        """Rebuild the vector index from the stored vectors (optionally with another factory)."""
+        """Rebuild the vector indexes from the stored vectors (optionally with another factory)."""
         factory = normalize_factory(index_factory or self.collection.index_factory)
         VectorIndex.create(factory, self.collection.dim)
         if factory != self.collection.index_factory:
             self.store.set_index_factory(self.collection.id, factory)
             self._refresh()
         self.index = self._build_index(factory, save=True)
+        self._text_index = self._build_index(factory, save=True, kind="texts")
         return self.index.ntotal
 
     # -- queries --------------------------------------------------------------------------
-    def search_text(self, text: str, k: int = 10) -> list[Hit]:
+    def search(self, text: str | None = None, image: ImageQuery | None = None, *, query: str | None = None,
+               vector: np.ndarray | None = None, filters: FilterSpec = None, k: int = 10,
+               mode: SearchMode = "vector", keyword_weight: float = 0.5, min_score: float | None = None,
+               sort: Literal["score", "date"] = "score", dedup: float | bool | None = None,
+               group: bool = True) -> list[Hit]:
+        """Images (or products) for a text, an image, both, a composed ``query``, or a vector.
+
+        - ``text`` and ``image`` together: the sum of their embeddings. ``query``: the composition
+          grammar of :mod:`searchengine.query`, e.g. ``'"red dress" - "long sleeves" + 0.5:ref.jpg'``.
+        - ``filters``: a where-expression, a mapping (``{"category": "shoes", "price": (None, 50)}``)
+          or a list of those (see :mod:`searchengine.filters`). Selective filters restrict the
+          vector search itself; either way you get ``k`` hits whenever ``k`` images match.
+        - ``mode``: ``"vector"`` (embeddings), ``"keyword"`` (BM25 over captions, titles,
+          descriptions, attributes and text in images) or ``"hybrid"`` (reciprocal rank fusion of
+          both; ``keyword_weight`` in [0, 1] is the keyword list's share).
+        - ``group``: images of one product come back as one hit (its best image's score).
+        - ``min_score``: drop hits scoring below it. ``sort="date"``: the relevant hits (all above
+          ``min_score`` when given, else the top ``k``) newest first by EXIF date, undated last.
+        - ``dedup``: collapse near-duplicate images (cosine >= the threshold; ``True`` = 0.95).
+        """
+        if k < 1:
+            raise QueryError("k must be at least 1")
+        if mode not in ("vector", "keyword", "hybrid"):
+            raise QueryError(f"unknown search mode {mode!r}; use vector, keyword or hybrid")
+        if not 0.0 <= keyword_weight <= 1.0:
+            raise QueryError("keyword_weight must be between 0 and 1")
+        if sort not in ("score", "date"):
+            raise QueryError(f"unknown sort order {sort!r}; use score or date")
+        threshold = 0.95 if dedup is True else (float(dedup) if dedup else None)
+        if threshold is not None and not 0 < threshold <= 1:
+            raise QueryError("the dedup threshold must be in (0, 1]")
+        words, qvec = self._query(text, image, query, vector, mode)
+        condition = self._condition(filters)
+        allowed = None if condition is None else self.store.filtered_ids(self.collection.id, condition)
+        everything = sort == "date" and min_score is not None
+        n = max(16, 4 * k)
+        while True:
+            vec_ranked = self._vector_ranking(qvec, n, allowed) if mode != "keyword" else []
+            kw_ranked = self.store.keyword_search(self.collection.id, words, n, condition) if mode != "vector" else []
+            exhausted = len(vec_ranked) < n and len(kw_ranked) < n
+            ranked = {"vector": vec_ranked, "keyword": kw_ranked}.get(mode) or fuse(
+                vec_ranked, kw_ranked, keyword_weight)
+            hits = self._hits(ranked, group)
+            if min_score is not None:
+                below = any(h.score < min_score for h in hits)
+                hits = [h for h in hits if h.score >= min_score]
+                exhausted = exhausted or below
+            if threshold is not None:
+                hits = self._dedup(hits, threshold)
+            if exhausted or (len(hits) >= k and not everything):
+                break
+            n *= 4
+        if sort == "date":
+            pool = hits if everything else hits[:k]
+            hits = sorted((h for h in pool if h.taken_at), key=lambda h: h.taken_at or "", reverse=True)
+            hits += [h for h in pool if not h.taken_at]
+        return hits[:k]
+
+    def search_text(self, text: str, k: int = 10, **options: Any) -> list[Hit]:
         """Images ranked by similarity to a text."""
+        return self.search(text=text, k=k, **options)
+
+    def search_image(self, image: ImageQuery, k: int = 10, **options: Any) -> list[Hit]:
+        """Images ranked by similarity to an image (a path, bytes, a file object or a PIL image)."""
+        return self.search(image=image, k=k, **options)
+
+    def search_vector(self, vector: np.ndarray, k: int = 10, **options: Any) -> list[Hit]:
+        """Images ranked by inner product with an L2-normalised vector of the collection's model."""
+        return self.search(vector=vector, k=k, **options)
+
+    def search_texts(self, text: str | None = None, image: ImageQuery | None = None, *, k: int = 10,
+                     field: str | None = None) -> list[TextHit]:
+        """Captions and product titles for an image (image->text) or a text (text->text), best first."""
+        if k < 1:
+            raise QueryError("k must be at least 1")
+        if (text is None) == (image is None):
+            raise QueryError("give either a text or an image")
+        qvec = self._text_vector(text) if text is not None else self._image_vector(image)
+        n = k if field is None else 4 * k
+        while True:
+            scores, ids = self.text_index.search(qvec.reshape(1, -1), n + 8)
+            pairs = [(int(i), float(sc)) for i, sc in zip(ids[0], scores[0]) if i >= 0]
+            rows = self.store.texts_by_ids(self.collection.id, [i for i, _ in pairs])
+            found = [(rows[i], sc) for i, sc in pairs if i in rows and (field is None or rows[i].field == field)]
+            if len(found) >= k or len(pairs) < n + 8:
+                break
+            n *= 4
+        found = found[:k]
+        images = self.store.images_by_ids(self.collection.id, [r.image_id for r, _ in found if r.image_id])
+        products = self.store.products_by_ids(self.collection.id, [r.product_id for r, _ in found if r.product_id])
+        return [TextHit(id=r.id, score=sc, text=r.text, field=r.field, image_id=r.image_id,
+                        path=images[r.image_id].path if r.image_id in images else None,
+                        product_id=products[r.product_id].key if r.product_id in products else None)
+                for r, sc in found]
+
+    def embed_query(self, query: str) -> np.ndarray:
+        """The vector of a composed query (see :mod:`searchengine.query`), L2-normalised."""
+        from .query import parse_query
+
+        parts = parse_query(query)
+        total = np.zeros(self.collection.dim, dtype=np.float32)
+        for part in parts:
+            vec = self._text_vector(part.value) if part.kind == "text" else self._image_vector(part.value)
+            total += part.weight * vec
+        return _normalized(total)
+
+    # -- query helpers --------------------------------------------------------------------
+    def _query(self, text, image, query, vector, mode: str) -> tuple[str, np.ndarray | None]:
+        """(the words for keyword search, the query vector) of a search's inputs."""
+        given = [x is not None for x in (text, image, query, vector)]
+        if not any(given):
+            raise QueryError("nothing to search for: give a text, an image, a query or a vector")
+        if query is not None and any(given[:2] + given[3:]):
+            raise QueryError("give either a composed query or text/image/vector, not both")
+        if text is not None and not text.strip():
+            raise QueryError("empty text query")
+        words = text or ""
+        if query is not None:
+            from .query import parse_query
+
+            words = " ".join(p.value for p in parse_query(query) if p.kind == "text" and p.weight > 0)
+        if mode != "vector" and not words.strip():
+            raise QueryError(f"{mode} search needs words: give a text query")
+        if mode == "keyword":
+            return words, None
+        if query is not None:
+            return words, self.embed_query(query)
+        parts = []
+        if vector is not None:
+            vec = np.asarray(vector, dtype=np.float32).reshape(-1)
+            if vec.shape[0] != self.collection.dim:
+                raise QueryError(f"the query vector has {vec.shape[0]} dimensions, the collection {self.collection.dim}")
+            parts.append(vec)
+        if text is not None:
+            parts.append(self._text_vector(text))
+        if image is not None:
+            parts.append(self._image_vector(image))
+        return words, parts[0] if len(parts) == 1 else _normalized(np.sum(parts, axis=0))
+
+    def _text_vector(self, text: str) -> np.ndarray:
         if not text or not text.strip():
             raise QueryError("empty text query")
-        return self.search_vector(self.encoder.encode_texts([text.strip()])[0], k)
+        return self.encoder.encode_texts([text.strip()])[0]
 
-    def search_image(self, image: ImageQuery, k: int = 10) -> list[Hit]:
-        """Images ranked by similarity to an image (a path, bytes, a file object or a PIL image)."""
+    def _image_vector(self, image: ImageQuery) -> np.ndarray:
         from PIL import Image
 
         from .errors import ImageDecodeError
@@ -275,18 +501,78 @@ class SearchEngine:
                 pil = safe_open(image, max_pixels=self.settings.max_pixels, draft_size=self.encoder.image_size)
             except ImageDecodeError as exc:
                 raise QueryError(f"cannot read the query image: {exc}") from exc
-        return self.search_vector(self.encoder.encode_images([pil])[0], k)
+        return self.encoder.encode_images([pil])[0]
 
-    def search_vector(self, vector: np.ndarray, k: int = 10) -> list[Hit]:
-        """Images ranked by inner product with an L2-normalised vector of the collection's model."""
-        if k < 1:
-            raise QueryError("k must be at least 1")
-        # a few extra candidates, in case another process removed rows since this index was loaded
-        scores, ids = self.index.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), k + max(8, k // 4))
-        pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
-        rows = self.store.images_by_ids(self.collection.id, [i for i, _ in pairs])
-        hits = [Hit.from_record(rows[i], s) for i, s in pairs if i in rows]
-        return hits[:k]
+    @staticmethod
+    def _condition(filters: FilterSpec):
+        from .filters import as_filter
+        from .store import filter_condition
+
+        node = as_filter(filters)
+        return None if node is None else filter_condition(node)
+
+    def _vector_ranking(self, qvec: np.ndarray, n: int, allowed: np.ndarray | None) -> list[tuple[int, float]]:
+        """The top ``n`` (id, score) by the vector index, among ``allowed`` ids when given.
+
+        A selective filter (at most a quarter of the collection) searches through a faiss id
+        selector; a broad one oversamples and filters. Approximate indexes can come back short
+        under a selector (HNSW's graph walk); then the allowed vectors are scored exactly.
+        """
+        total = self.index.ntotal
+        q = np.asarray(qvec, dtype=np.float32).reshape(1, -1)
+        if allowed is None:
+            scores, ids = self.index.search(q, n + max(8, n // 4))  # rows removed by another process
+            return [(int(i), float(sc)) for i, sc in zip(ids[0], scores[0]) if i >= 0]
+        want = min(n, len(allowed))
+        if want == 0:
+            return []
+        found: list[tuple[int, float]] = []
+        if len(allowed) * 4 > total:
+            scores, ids = self.index.search(q, int(n * total / len(allowed) * 1.5) + 16)
+            keep = np.isin(ids[0], allowed)
+            found = [(int(i), float(sc)) for i, sc in zip(ids[0][keep], scores[0][keep])]
+        if len(found) < want:
+            scores, ids = self.index.search(q, want, allowed=allowed)
+            found = [(int(i), float(sc)) for i, sc in zip(ids[0], scores[0]) if i >= 0]
+        if len(found) < want:
+            live = self.store.live_ids(self.collection.id)
+            ids = np.intersect1d(allowed, live)
+            sims = self.store.vectors_for(self.collection.id, ids.tolist()) @ q[0]
+            top = np.argsort(-sims, kind="stable")[:n]
+            found = [(int(ids[i]), float(sims[i])) for i in top]
+        return found[:n]
+
+    def _hits(self, ranked: list[tuple[int, float]], group: bool) -> list[Hit]:
+        """Join ranked ids through the store; with ``group``, one hit per product (its best image)."""
+        cid = self.collection.id
+        rows = self.store.images_by_ids(cid, [i for i, _ in ranked])
+        ranked = [(i, sc) for i, sc in ranked if i in rows]  # removed since the index was loaded
+        attrs = self.store.attributes_of_images(rows)
+        owners = self.store.products_of_images(cid, rows)
+        hits: list[Hit] = []
+        seen: set[int] = set()
+        for image_id, score in ranked:
+            products = owners.get(image_id) or [None]
+            for product in products if group else products[:1]:
+                if group and product is not None:
+                    if product.id in seen:
+                        continue
+                    seen.add(product.id)
+                hits.append(Hit.from_record(rows[image_id], score, attrs.get(image_id), product))
+                if not group:
+                    break
+        return hits
+
+    def _dedup(self, hits: list[Hit], threshold: float) -> list[Hit]:
+        """Drop each hit whose image is a near-duplicate (cosine >= threshold) of a better one."""
+        if len(hits) < 2:
+            return hits
+        vecs = self.store.vectors_for(self.collection.id, [h.id for h in hits])
+        kept: list[int] = []
+        for i in range(len(hits)):
+            if not kept or float(np.max(vecs[kept] @ vecs[i])) < threshold - 1e-3:
+                kept.append(i)
+        return [hits[i] for i in kept]
 
     # -- status ---------------------------------------------------------------------------
     def status(self) -> CollectionStatus:
@@ -294,6 +580,7 @@ class SearchEngine:
         return CollectionStatus(
             collection=rec.name, model=rec.model_spec, dim=rec.dim, fingerprint=rec.fingerprint_id,
             images=self.store.count_images(rec.id), errors=self.store.count_errors(rec.id),
+            products=self.store.count_products(rec.id), texts=self.store.count_texts(rec.id),
             index_factory=rec.index_factory, index_type=self.index.inner_type, index_vectors=self.index.ntotal,
             index_note=self.index.note, data_dir=str(self.settings.data_dir),
             database=self.store.engine.url.render_as_string(hide_password=True),

@@ -72,3 +72,11 @@ class ImageDecodeError(SearchEngineError):
 
 class QueryError(SearchEngineError):
     """A query that cannot be run."""
+
+
+class DownloadError(SearchEngineError):
+    """An image URL cannot be downloaded (a per-URL error; the message names the URL)."""
+
+
+class CatalogError(ConfigError):
+    """A product catalog file cannot be read (unknown format, missing columns, unreadable file)."""

@@ -18,10 +18,12 @@ No global Pillow setting is changed. HEIF/HEIC support is used when the optional
 
 from __future__ import annotations
 
+import datetime
 import functools
 import io
 import logging
 import os
+import re
 import struct
 import warnings
 import zlib
@@ -215,3 +217,46 @@ def _grey_to_8bit(image: Image.Image) -> Image.Image:
         clipped = np.clip(np.where(finite, data, 0.0), 0.0, top)
         scaled = np.rint(clipped * (255.0 / top))
     return Image.fromarray(scaled.astype(np.uint8))
+
+
+_EXIF_IFD = 0x8769
+_DATE_TAGS = (0x9003, 0x9004)  # DateTimeOriginal, DateTimeDigitized
+_EXIF_DATE = re.compile(r"\s*(\d{4})[:\-/](\d{2})[:\-/](\d{2})[ T](\d{2}):(\d{2}):(\d{2})")
+
+
+def taken_at(source: bytes | Image.Image) -> str | None:
+    """When the photo was taken, per EXIF, as ``YYYY-MM-DDTHH:MM:SS``; None if unknown.
+
+    DateTimeOriginal, else DateTimeDigitized, from the Exif IFD (or, as some writers put
+    them, from IFD0); subseconds and time zone are dropped. Bytes are only opened, in the
+    formats safe_open allows (headers parsed, no pixel decoded). Never raises: corrupt
+    input or a malformed date gives None.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if isinstance(source, Image.Image):
+                return _exif_date(source.getexif())
+            with Image.open(io.BytesIO(bytes(source)), formats=_open_formats()) as image:
+                # the base method reads header data only (PngImageFile.getexif decodes pixels)
+                return _exif_date(Image.Image.getexif(image))
+    except Exception as exc:  # noqa: BLE001 - any parser failure means "no date"
+        logger.debug("no EXIF date: %s", exc)
+        return None
+
+
+def _exif_date(exif: Image.Exif) -> str | None:
+    ifds = (exif.get_ifd(_EXIF_IFD), exif)
+    for tag in _DATE_TAGS:
+        for tags in ifds:
+            value = tags.get(tag)
+            if isinstance(value, bytes):
+                value = value.decode("ascii", "replace")
+            match = _EXIF_DATE.match(value) if isinstance(value, str) else None
+            if match is None:
+                continue
+            try:
+                return datetime.datetime(*map(int, match.groups())).isoformat(timespec="seconds")
+            except ValueError:
+                continue
+    return None

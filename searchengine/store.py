@@ -7,11 +7,13 @@ numbered migrations in :data:`MIGRATIONS`.
 
 from __future__ import annotations
 
+import os
+import re
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 from sqlalchemy import (
@@ -27,23 +29,31 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    and_,
     create_engine,
     delete,
     event,
     func,
     insert,
+    or_,
     select,
     update,
 )
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.sql.elements import ColumnElement
 
+from . import keyword
 from .errors import CollectionNotFoundError, StoreError
 
 __all__ = [
-    "Store", "CollectionRecord", "ImageRecord", "FileErrorRecord", "NewImage",
-    "SCHEMA_VERSION", "pack_vectors", "unpack_vectors", "content_hash",
+    "Store", "CollectionRecord", "ImageRecord", "FileErrorRecord", "NewImage", "ProductWrite", "ProductRecord",
+    "TextRecord", "Attributes", "SCHEMA_VERSION", "pack_vectors", "unpack_vectors", "content_hash", "text_hash",
 ]
+
+#: Multi-valued attributes: key -> values (strings, or numbers as floats).
+Attributes = Mapping[str, Sequence["str | float"]]
+VectorKind = Literal["images", "texts"]
 
 metadata = MetaData()
 #: 64-bit keys and sizes on every database; on SQLite "INTEGER PRIMARY KEY" (already 64-bit) keeps rowid ids.
@@ -51,20 +61,21 @@ BigInt = BigInteger().with_variant(Integer(), "sqlite")
 
 schema_version = Table("schema_version", metadata, Column("version", Integer, nullable=False))
 
-collections = Table(
-    "collections", metadata,
-    Column("id", Integer, primary_key=True),
-    Column("name", String(64), nullable=False, unique=True),
-    Column("model_spec", Text, nullable=False),
-    Column("dim", Integer, nullable=False),
-    Column("fingerprint", LargeBinary, nullable=False),
-    Column("fingerprint_id", String(32), nullable=False),
-    Column("index_factory", Text, nullable=False),
-    Column("index_note", Text, nullable=False, default=""),
-    Column("next_seq", BigInt, nullable=False, default=1),
-    Column("index_seq", BigInt, nullable=False, default=0),
-    Column("created_at", Float, nullable=False),
-)
+def _collection_columns() -> list[Column]:
+    return [
+        Column("id", Integer, primary_key=True),
+        Column("name", String(64), nullable=False, unique=True),
+        Column("model_spec", Text, nullable=False),
+        Column("dim", Integer, nullable=False),
+        Column("fingerprint", LargeBinary, nullable=False),
+        Column("fingerprint_id", String(32), nullable=False),
+        Column("index_factory", Text, nullable=False),
+        Column("index_note", Text, nullable=False, default=""),
+        Column("next_seq", BigInt, nullable=False, default=1),
+        Column("index_seq", BigInt, nullable=False, default=0),
+        Column("created_at", Float, nullable=False),
+    ]
+
 
 def _file_columns() -> list[Column]:
     """The columns every per-file table starts with: a 64-bit key, the collection, the file's stat."""
@@ -77,35 +88,131 @@ def _file_columns() -> list[Column]:
     ]
 
 
-images = Table(
-    "images", metadata, *_file_columns(),
-    Column("content_hash", String(64), nullable=False),
-    Column("width", Integer, nullable=False),
-    Column("height", Integer, nullable=False),
-    Column("vector", LargeBinary, nullable=False),
-    Column("seq", BigInt, nullable=False),
-    Column("indexed_at", Float, nullable=False),
-    UniqueConstraint("collection_id", "path", name="uq_images_path"),
-    Index("ix_images_hash", "collection_id", "content_hash"),
-    Index("ix_images_seq", "collection_id", "seq"),
+def _image_columns() -> list:
+    return [
+        *_file_columns(),
+        Column("content_hash", String(64), nullable=False),
+        Column("width", Integer, nullable=False),
+        Column("height", Integer, nullable=False),
+        Column("vector", LargeBinary, nullable=False),
+        Column("seq", BigInt, nullable=False),
+        Column("indexed_at", Float, nullable=False),
+        UniqueConstraint("collection_id", "path", name="uq_images_path"),
+        Index("ix_images_hash", "collection_id", "content_hash"),
+        Index("ix_images_seq", "collection_id", "seq"),
+    ]
+
+
+def _error_columns() -> list:
+    return [*_file_columns(), Column("error", Text, nullable=False), Column("at", Float, nullable=False),
+            UniqueConstraint("collection_id", "path", name="uq_errors_path")]
+
+
+#: Columns added to existing tables by version 2 (captions, dates, text in images, catalogs).
+def _v2_collection_columns() -> list[Column]:
+    return [Column("text_index_seq", BigInt, nullable=False, server_default="0"),
+            Column("ocr", Integer, nullable=False, server_default="0")]  # 1: read the text in images at ingest
+
+
+def _v2_image_columns() -> list[Column]:
+    return [
+        Column("ext", String(16), nullable=False, server_default=""),
+        Column("source", String(16), nullable=False, server_default="folder"),  # "folder" or "catalog"
+        Column("caption", Text),
+        Column("taken_at", String(19)),  # EXIF DateTimeOriginal, ISO 8601 without zone
+        Column("ocr_text", Text),
+        Column("sidecar_sig", Text, nullable=False, server_default=""),
+    ]
+
+collections = Table("collections", metadata, *_collection_columns(), *_v2_collection_columns())
+images = Table("images", metadata, *_image_columns(), *_v2_image_columns())
+file_errors = Table("file_errors", metadata, *_error_columns())
+
+products = Table(
+    "products", metadata,
+    Column("id", BigInt, primary_key=True),
+    Column("collection_id", Integer, ForeignKey("collections.id", ondelete="CASCADE"), nullable=False),
+    Column("product_key", Text, nullable=False),  # the catalog's product id
+    Column("title", Text),
+    Column("description", Text),
+    Column("caption", Text),
+    Column("catalog", Text, nullable=False),  # the catalog file it was imported from
+    Column("fingerprint", String(32), nullable=False),
+    Column("updated_at", Float, nullable=False),
+    UniqueConstraint("collection_id", "product_key", name="uq_products_key"),
+    Index("ix_products_catalog", "collection_id", "catalog"),
 )
 
-file_errors = Table(
-    "file_errors", metadata, *_file_columns(),
-    Column("error", Text, nullable=False),
-    Column("at", Float, nullable=False),
-    UniqueConstraint("collection_id", "path", name="uq_errors_path"),
+product_images = Table(
+    "product_images", metadata,
+    Column("product_id", BigInt, ForeignKey("products.id", ondelete="CASCADE"), primary_key=True),
+    Column("position", Integer, primary_key=True, autoincrement=False),
+    Column("ref", Text, nullable=False),  # the URL or path as the catalog gives it
+    Column("image_id", BigInt, ForeignKey("images.id", ondelete="SET NULL")),  # NULL: download/decoding failed
+    Index("ix_product_images_image", "image_id"),
 )
+
+attributes = Table(
+    "attributes", metadata,
+    Column("id", BigInt, primary_key=True),
+    Column("collection_id", Integer, ForeignKey("collections.id", ondelete="CASCADE"), nullable=False),
+    Column("image_id", BigInt, ForeignKey("images.id", ondelete="CASCADE")),
+    Column("product_id", BigInt, ForeignKey("products.id", ondelete="CASCADE")),
+    Column("key", Text, nullable=False),
+    Column("value", Text, nullable=False),  # as given
+    Column("value_norm", Text, nullable=False),  # casefolded, for string comparisons
+    Column("value_num", Float),  # when the value reads as a number
+    Index("ix_attributes_text", "collection_id", "key", "value_norm"),
+    Index("ix_attributes_num", "collection_id", "key", "value_num"),
+    Index("ix_attributes_image", "image_id"),
+    Index("ix_attributes_product", "product_id"),
+)
+
+texts = Table(
+    "texts", metadata,
+    Column("id", BigInt, primary_key=True),
+    Column("collection_id", Integer, ForeignKey("collections.id", ondelete="CASCADE"), nullable=False),
+    Column("image_id", BigInt, ForeignKey("images.id", ondelete="CASCADE")),
+    Column("product_id", BigInt, ForeignKey("products.id", ondelete="CASCADE")),
+    Column("field", String(16), nullable=False),  # "caption" or "title"
+    Column("text", Text, nullable=False),
+    Column("text_hash", String(32), nullable=False),
+    Column("vector", LargeBinary, nullable=False),
+    Column("seq", BigInt, nullable=False),
+    Index("ix_texts_seq", "collection_id", "seq"),
+    Index("ix_texts_hash", "collection_id", "text_hash"),
+    Index("ix_texts_image", "image_id"),
+    Index("ix_texts_product", "product_id"),
+)
+
+_VECTOR_TABLES = {"images": images, "texts": texts}
 
 
 def _m001_initial(conn: Connection) -> None:
-    # Version 1 is the tables above as first released. A later migration that changes a table
-    # must give m001 a frozen copy of the version-1 definitions first.
-    metadata.create_all(conn, tables=[collections, images, file_errors])
+    v1 = MetaData()  # the tables as version 1 released them
+    Table("collections", v1, *_collection_columns())
+    Table("images", v1, *_image_columns())
+    Table("file_errors", v1, *_error_columns())
+    v1.create_all(conn)
+
+
+def _m002_texts_and_catalogs(conn: Connection) -> None:
+    for table, columns in (("collections", _v2_collection_columns()), ("images", _v2_image_columns())):
+        for col in columns:
+            ddl = f"ALTER TABLE {table} ADD COLUMN {col.name} {col.type.compile(conn.dialect)}"
+            if col.server_default is not None:
+                ddl += f" DEFAULT '{col.server_default.arg}'" if isinstance(col.type, (String, Text)) \
+                    else f" DEFAULT {col.server_default.arg}"
+            conn.exec_driver_sql(ddl + ("" if col.nullable else " NOT NULL"))
+    for image_id, path in conn.execute(select(images.c.id, images.c.path)).all():
+        conn.execute(update(images).where(images.c.id == image_id).values(ext=file_type(path)))
+    metadata.create_all(conn, tables=[products, product_images, attributes, texts])
+    keyword.create_schema(conn)
+    _refresh_docs(conn, [int(i) for i in conn.execute(select(images.c.id)).scalars()])
 
 
 #: Numbered migrations: ``MIGRATIONS[i]`` takes the schema from version ``i`` to ``i + 1``.
-MIGRATIONS: list[Callable[[Connection], None]] = [_m001_initial]
+MIGRATIONS: list[Callable[[Connection], None]] = [_m001_initial, _m002_texts_and_catalogs]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -145,11 +252,13 @@ class CollectionRecord:
     next_seq: int
     index_seq: int
     created_at: float
+    text_index_seq: int = 0
+    ocr: int = 0
 
 
 @dataclass(frozen=True)
 class NewImage:
-    """An image file as the writer stores it."""
+    """An image file as the writer stores it, with what was read next to and inside it."""
 
     path: str
     size: int
@@ -157,11 +266,19 @@ class NewImage:
     content_hash: str
     width: int
     height: int
+    _: KW_ONLY
+    caption: str | None = None
+    taken_at: str | None = None
+    ocr_text: str | None = None
+    sidecar_sig: str = ""
+    source: str = "folder"
+    #: replaces the image's own attributes (a catalog product's attributes live on the product)
+    attributes: Attributes = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
 class ImageRecord(NewImage):
-    """A stored image row."""
+    """A stored image row (``attributes`` are not loaded: see :meth:`Store.attributes_of`)."""
 
     id: int
     indexed_at: float
@@ -176,8 +293,78 @@ class FileErrorRecord:
     at: float
 
 
+@dataclass(frozen=True)
+class ProductWrite:
+    """A catalog product as the importer stores it."""
+
+    key: str
+    title: str | None
+    description: str | None
+    caption: str | None
+    attributes: Attributes
+    fingerprint: str
+    catalog: str
+    #: (position, the catalog's reference, the image row or None when it could not be fetched/decoded)
+    images: Sequence[tuple[int, str, int | None]]
+
+
+@dataclass(frozen=True)
+class ProductRecord:
+    id: int
+    key: str
+    title: str | None
+    description: str | None
+    caption: str | None
+    catalog: str
+    fingerprint: str
+    attributes: dict[str, list[str]] = field(default_factory=dict)
+    images: list[str] = field(default_factory=list)  # the paths of its indexed images, in catalog order
+
+
+@dataclass(frozen=True)
+class TextRecord:
+    """A caption or title with a vector: what image->text search returns."""
+
+    id: int
+    field: str
+    text: str
+    image_id: int | None
+    product_id: int | None
+
+
 _IMAGE_COLS = (images.c.id, images.c.path, images.c.size, images.c.mtime, images.c.content_hash,
-               images.c.width, images.c.height, images.c.indexed_at)
+               images.c.width, images.c.height, images.c.indexed_at, images.c.caption, images.c.taken_at,
+               images.c.ocr_text, images.c.sidecar_sig, images.c.source)
+
+
+def file_type(path: str) -> str:
+    """What the ``type`` filter compares: the lowercased extension without its dot (jpeg -> jpg)."""
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
+    return {"jpeg": "jpg", "tiff": "tif", "heif": "heic"}.get(ext, ext)[:16]
+
+
+def text_hash(text: str) -> str:
+    return content_hash(text.encode("utf-8"))
+
+
+def number(value: object) -> float | None:
+    """A value as a number when it reads as one (finite), else None."""
+    import math
+
+    if isinstance(value, bool):
+        return None
+    try:
+        num = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return num if math.isfinite(num) else None
+
+
+def value_text(value: object) -> str:
+    """How an attribute value is stored and shown: numbers without a needless ``.0``."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return str(value)
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # pragma: no cover - exercised via connect
@@ -284,14 +471,24 @@ class Store:
             conn.execute(insert(collections).values(
                 name=name, model_spec=model_spec, dim=dim, fingerprint=fingerprint,
                 fingerprint_id=fingerprint_id, index_factory=index_factory, index_note="",
-                next_seq=1, index_seq=0, created_at=time.time(),
+                next_seq=1, index_seq=0, text_index_seq=0, ocr=0, created_at=time.time(),
             ))
         return self.require_collection(name)
 
-    def set_index_state(self, collection_id: int, index_seq: int, note: str) -> None:
+    def set_index_state(self, collection_id: int, index_seq: int, note: str, kind: VectorKind = "images") -> None:
+        values = dict(index_seq=index_seq, index_note=note) if kind == "images" else dict(text_index_seq=index_seq)
         with self.engine.begin() as conn:
-            conn.execute(update(collections).where(collections.c.id == collection_id)
-                         .values(index_seq=index_seq, index_note=note))
+            conn.execute(update(collections).where(collections.c.id == collection_id).values(**values))
+
+    def set_ocr(self, collection_id: int, enabled: bool) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(collections).where(collections.c.id == collection_id).values(ocr=int(enabled)))
+
+    def ocr_hashes(self, collection_id: int) -> frozenset[str]:
+        """Contents whose text has been read (OCR), even if none was found."""
+        with self.engine.connect() as conn:
+            return frozenset(conn.execute(select(images.c.content_hash).where(
+                images.c.collection_id == collection_id, images.c.ocr_text.is_not(None))).scalars())
 
     def set_index_factory(self, collection_id: int, factory: str) -> None:
         with self.engine.begin() as conn:
@@ -324,10 +521,18 @@ class Store:
                 images.c.collection_id == collection_id, images.c.path == path)).first()
         return ImageRecord(**row._mapping) if row else None
 
+    def images_at(self, collection_id: int, paths: Iterable[str]) -> list[ImageRecord]:
+        """Rows at exactly these paths."""
+        out: list[ImageRecord] = []
+        with self.engine.connect() as conn:
+            for chunk in _chunks(sorted(set(paths)), 900):
+                rows = conn.execute(select(*_IMAGE_COLS).where(images.c.collection_id == collection_id,
+                                                               images.c.path.in_(chunk)))
+                out.extend(ImageRecord(**r._mapping) for r in rows)
+        return out
+
     def images_under(self, collection_id: int, roots: Sequence[str]) -> list[ImageRecord]:
         """Rows whose path is one of ``roots`` or lies below one of them."""
-        from sqlalchemy import or_
-
         out: list[ImageRecord] = []
         with self.engine.connect() as conn:
             for chunk in _chunks(list(roots), 200):  # bounded expression depth for many roots
@@ -346,46 +551,51 @@ class Store:
                                 .where(images.c.collection_id == collection_id).order_by(images.c.id))
             return [(h, int(i), p) for h, i, p in rows]
 
-    def vectors_for(self, collection_id: int, ids: Sequence[int]) -> np.ndarray:
+    def vectors_for(self, collection_id: int, ids: Sequence[int], kind: VectorKind = "images") -> np.ndarray:
+        table = _VECTOR_TABLES[kind]
         rec = self._dim(collection_id)
         blobs: dict[int, bytes] = {}
         with self.engine.connect() as conn:
             for chunk in _chunks([int(i) for i in ids], 900):
-                for i, v in conn.execute(select(images.c.id, images.c.vector).where(
-                        images.c.collection_id == collection_id, images.c.id.in_(chunk))):
+                for i, v in conn.execute(select(table.c.id, table.c.vector).where(
+                        table.c.collection_id == collection_id, table.c.id.in_(chunk))):
                     blobs[int(i)] = v
         return unpack_vectors([blobs[int(i)] for i in ids], rec)
 
-    def iter_vectors(self, collection_id: int, min_seq: int = 0, chunk: int = 8192) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def iter_vectors(self, collection_id: int, min_seq: int = 0, chunk: int = 8192,
+                     kind: VectorKind = "images") -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, vectors) in chunks, for rows with ``seq > min_seq``, in id order."""
+        table = _VECTOR_TABLES[kind]
         dim = self._dim(collection_id)
         last = 0
         while True:
             with self.engine.connect() as conn:
-                rows = conn.execute(select(images.c.id, images.c.vector).where(
-                    images.c.collection_id == collection_id, images.c.seq > min_seq, images.c.id > last,
-                ).order_by(images.c.id).limit(chunk)).all()
+                rows = conn.execute(select(table.c.id, table.c.vector).where(
+                    table.c.collection_id == collection_id, table.c.seq > min_seq, table.c.id > last,
+                ).order_by(table.c.id).limit(chunk)).all()
             if not rows:
                 return
             last = int(rows[-1][0])
             yield np.array([r[0] for r in rows], dtype=np.int64), unpack_vectors([r[1] for r in rows], dim)
 
-    def all_vectors(self, collection_id: int) -> tuple[np.ndarray, np.ndarray]:
+    def all_vectors(self, collection_id: int, kind: VectorKind = "images") -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors) of every row, in id order."""
-        parts = list(self.iter_vectors(collection_id))
+        parts = list(self.iter_vectors(collection_id, kind=kind))
         if not parts:
             return np.zeros(0, np.int64), np.zeros((0, self._dim(collection_id)), np.float32)
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-    def ids_newer_than(self, collection_id: int, seq: int) -> np.ndarray:
+    def ids_newer_than(self, collection_id: int, seq: int, kind: VectorKind = "images") -> np.ndarray:
         """Ids of rows written after sequence number ``seq``."""
+        table = _VECTOR_TABLES[kind]
         with self.engine.connect() as conn:
-            return np.fromiter(conn.execute(select(images.c.id).where(
-                images.c.collection_id == collection_id, images.c.seq > seq)).scalars(), dtype=np.int64)
+            return np.fromiter(conn.execute(select(table.c.id).where(
+                table.c.collection_id == collection_id, table.c.seq > seq)).scalars(), dtype=np.int64)
 
-    def live_ids(self, collection_id: int) -> np.ndarray:
+    def live_ids(self, collection_id: int, kind: VectorKind = "images") -> np.ndarray:
+        table = _VECTOR_TABLES[kind]
         with self.engine.connect() as conn:
-            return np.fromiter(conn.execute(select(images.c.id).where(images.c.collection_id == collection_id)).scalars(),
+            return np.fromiter(conn.execute(select(table.c.id).where(table.c.collection_id == collection_id)).scalars(),
                                dtype=np.int64)
 
     def _dim(self, collection_id: int) -> int:
@@ -397,42 +607,226 @@ class Store:
                     updated: Sequence[tuple[int, NewImage]] = (), updated_vectors: np.ndarray | None = None,
                     moved: Sequence[tuple[int, NewImage]] = (), touched: Sequence[tuple[int, NewImage]] = (),
                     removed: Sequence[int] = (), errors: Sequence[FileErrorRecord] = (),
-                    cleared_errors: Sequence[str] = ()) -> tuple[list[int], int]:
-        """Apply one batch of changes in one transaction; returns (ids of ``new``, the batch's seq)."""
+                    cleared_errors: Sequence[str] = (),
+                    text_vectors: Mapping[str, np.ndarray] | None = None) -> tuple[list[int], int]:
+        """Apply one batch of changes in one transaction; returns (ids of ``new``, the batch's seq).
+
+        Every written row also gets its caption, date, text, attributes and keyword document;
+        ``text_vectors`` maps :func:`text_hash` of each new caption to its vector.
+        """
         now = time.time()
         with self.engine.begin() as conn:
-            seq = int(conn.execute(select(collections.c.next_seq).where(collections.c.id == collection_id)).scalar_one())
-            conn.execute(update(collections).where(collections.c.id == collection_id).values(next_seq=seq + 1))
+            seq = self._next_seq(conn, collection_id)
             if removed:
+                keyword.remove(conn, list(removed))
                 for chunk in _chunks(list(removed), 900):
                     conn.execute(delete(images).where(images.c.collection_id == collection_id, images.c.id.in_(chunk)))
             for image_id, n in moved:
-                conn.execute(update(images).where(images.c.id == image_id).values(path=n.path, size=n.size, mtime=n.mtime))
+                conn.execute(update(images).where(images.c.id == image_id).values(
+                    path=n.path, size=n.size, mtime=n.mtime, ext=file_type(n.path)))
             if updated:
                 for (image_id, n), blob in zip(updated, pack_vectors(updated_vectors)):
                     conn.execute(update(images).where(images.c.id == image_id).values(
-                        path=n.path, size=n.size, mtime=n.mtime, content_hash=n.content_hash,
+                        path=n.path, size=n.size, mtime=n.mtime, content_hash=n.content_hash, ext=file_type(n.path),
                         width=n.width, height=n.height, vector=blob, seq=seq, indexed_at=now))
             new_ids: list[int] = []
             if new:
                 blobs = pack_vectors(new_vectors)
                 rows = [dict(collection_id=collection_id, path=n.path, size=n.size, mtime=n.mtime,
-                             content_hash=n.content_hash, width=n.width, height=n.height, vector=b,
-                             seq=seq, indexed_at=now) for n, b in zip(new, blobs)]
+                             content_hash=n.content_hash, width=n.width, height=n.height, vector=b, ext=file_type(n.path),
+                             source=n.source, seq=seq, indexed_at=now) for n, b in zip(new, blobs)]
                 result = conn.execute(insert(images).returning(images.c.id, sort_by_parameter_order=True), rows)
                 new_ids = [int(r[0]) for r in result]
             for image_id, n in touched:
                 conn.execute(update(images).where(images.c.id == image_id).values(size=n.size, mtime=n.mtime))
+            written = list(zip(new_ids, new)) + [*updated, *moved, *touched]
+            self._write_image_meta(conn, collection_id, seq, written, text_vectors or {})
             done_paths = [n.path for n in new] + [n.path for _, n in (*updated, *moved, *touched)]
             for chunk in _chunks(done_paths + list(cleared_errors), 900):
                 conn.execute(delete(file_errors).where(file_errors.c.collection_id == collection_id,
                                                        file_errors.c.path.in_(chunk)))
-            for err in errors:
-                conn.execute(delete(file_errors).where(file_errors.c.collection_id == collection_id,
-                                                       file_errors.c.path == err.path))
-                conn.execute(insert(file_errors).values(collection_id=collection_id, path=err.path, size=err.size,
-                                                        mtime=err.mtime, error=err.error, at=err.at))
+            self._write_errors(conn, collection_id, errors)
         return new_ids, seq
+
+    @staticmethod
+    def _next_seq(conn: Connection, collection_id: int) -> int:
+        seq = int(conn.execute(select(collections.c.next_seq).where(collections.c.id == collection_id)).scalar_one())
+        conn.execute(update(collections).where(collections.c.id == collection_id).values(next_seq=seq + 1))
+        return seq
+
+    @staticmethod
+    def _write_errors(conn: Connection, collection_id: int, errors: Sequence[FileErrorRecord]) -> None:
+        for err in errors:
+            conn.execute(delete(file_errors).where(file_errors.c.collection_id == collection_id,
+                                                   file_errors.c.path == err.path))
+            conn.execute(insert(file_errors).values(collection_id=collection_id, path=err.path, size=err.size,
+                                                    mtime=err.mtime, error=err.error, at=err.at))
+
+    def _write_image_meta(self, conn: Connection, cid: int, seq: int, written: Sequence[tuple[int, NewImage]],
+                          text_vectors: Mapping[str, np.ndarray]) -> None:
+        if not written:
+            return
+        ids = [i for i, _ in written]
+        for image_id, n in written:
+            conn.execute(update(images).where(images.c.id == image_id).values(
+                caption=n.caption, taken_at=n.taken_at, ocr_text=n.ocr_text, sidecar_sig=n.sidecar_sig))
+        for chunk in _chunks(ids, 900):
+            conn.execute(delete(attributes).where(attributes.c.image_id.in_(chunk)))
+        _insert_attributes(conn, cid, [("image_id", i, n.attributes) for i, n in written])
+        _sync_texts(conn, cid, seq, "image_id", [(i, "caption", n.caption) for i, n in written], text_vectors)
+        _refresh_docs(conn, ids)
+
+    # -- catalog products -----------------------------------------------------------------
+    def catalog_products(self, collection_id: int, catalog: str) -> dict[str, tuple[int, str]]:
+        """key -> (id, fingerprint) of the products imported from ``catalog``."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(products.c.product_key, products.c.id, products.c.fingerprint).where(
+                products.c.collection_id == collection_id, products.c.catalog == catalog))
+            return {k: (int(i), f) for k, i, f in rows}
+
+    def write_products(self, collection_id: int, upserts: Sequence[ProductWrite], *, removed: Sequence[int] = (),
+                       text_vectors: Mapping[str, np.ndarray] | None = None, errors: Sequence[FileErrorRecord] = (),
+                       cleared_errors: Sequence[str] = ()) -> list[int]:
+        """Insert or update products by key and delete ``removed`` ones, in one transaction; returns the ids."""
+        with self.engine.begin() as conn:
+            seq = self._next_seq(conn, collection_id)
+            keys = [p.key for p in upserts]
+            existing: dict[str, int] = {}
+            for chunk in _chunks(keys, 900):
+                existing.update((k, int(i)) for k, i in conn.execute(select(products.c.product_key, products.c.id).where(
+                    products.c.collection_id == collection_id, products.c.product_key.in_(chunk))))
+            touched_products = [existing[k] for k in keys if k in existing] + list(removed)
+            affected = set(_linked_images(conn, touched_products))
+            ids: list[int] = []
+            for p in upserts:
+                values = dict(title=p.title, description=p.description, caption=p.caption, catalog=p.catalog,
+                              fingerprint=p.fingerprint, updated_at=time.time())
+                if p.key in existing:
+                    pid = existing[p.key]
+                    conn.execute(update(products).where(products.c.id == pid).values(**values))
+                    conn.execute(delete(product_images).where(product_images.c.product_id == pid))
+                    conn.execute(delete(attributes).where(attributes.c.product_id == pid))
+                else:
+                    pid = int(conn.execute(insert(products).values(
+                        collection_id=collection_id, product_key=p.key, **values).returning(products.c.id)).scalar_one())
+                ids.append(pid)
+                links = [dict(product_id=pid, position=pos, ref=ref, image_id=img) for pos, ref, img in p.images]
+                if links:
+                    conn.execute(insert(product_images), links)
+                affected.update(img for _, _, img in p.images if img is not None)
+            _insert_attributes(conn, collection_id, [("product_id", pid, p.attributes) for pid, p in zip(ids, upserts)])
+            fields = [(pid, f, getattr(p, f)) for pid, p in zip(ids, upserts) for f in ("title", "caption")]
+            _sync_texts(conn, collection_id, seq, "product_id", fields, text_vectors or {})
+            for chunk in _chunks(list(removed), 900):
+                conn.execute(delete(products).where(products.c.collection_id == collection_id, products.c.id.in_(chunk)))
+            for chunk in _chunks(list(cleared_errors), 900):
+                conn.execute(delete(file_errors).where(file_errors.c.collection_id == collection_id,
+                                                       file_errors.c.path.in_(chunk)))
+            self._write_errors(conn, collection_id, errors)
+            _refresh_docs(conn, sorted(affected))
+        return ids
+
+    def unlinked_catalog_images(self, collection_id: int) -> list[int]:
+        """Images a catalog brought in that no product uses any more."""
+        linked = select(product_images.c.image_id).where(product_images.c.image_id.is_not(None))
+        with self.engine.connect() as conn:
+            return [int(i) for i in conn.execute(select(images.c.id).where(
+                images.c.collection_id == collection_id, images.c.source == "catalog", images.c.id.not_in(linked)))
+                .scalars()]
+
+    def count_products(self, collection_id: int) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(products)
+                                    .where(products.c.collection_id == collection_id)).scalar_one())
+
+    def products_of_images(self, collection_id: int, image_ids: Iterable[int]) -> dict[int, list[ProductRecord]]:
+        """The products each image belongs to (with attributes and image paths)."""
+        id_list = [int(i) for i in image_ids]
+        links: dict[int, list[int]] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(id_list, 900):
+                for image_id, pid in conn.execute(select(product_images.c.image_id, product_images.c.product_id)
+                                                  .where(product_images.c.image_id.in_(chunk))):
+                    links.setdefault(int(image_id), []).append(int(pid))
+        found = self.products_by_ids(collection_id, {p for ps in links.values() for p in ps})
+        return {i: [found[p] for p in sorted(ps) if p in found] for i, ps in links.items()}
+
+    def products_by_ids(self, collection_id: int, ids: Iterable[int]) -> dict[int, ProductRecord]:
+        id_list = [int(i) for i in ids]
+        out: dict[int, ProductRecord] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(id_list, 900):
+                rows = conn.execute(select(products).where(products.c.collection_id == collection_id,
+                                                           products.c.id.in_(chunk))).mappings().all()
+                attrs = _attributes_of(conn, "product_id", chunk)
+                paths: dict[int, list[str]] = {}
+                for pid, path in conn.execute(
+                        select(product_images.c.product_id, images.c.path)
+                        .join(images, images.c.id == product_images.c.image_id)
+                        .where(product_images.c.product_id.in_(chunk)).order_by(product_images.c.position)):
+                    paths.setdefault(int(pid), []).append(path)
+                for r in rows:
+                    out[int(r["id"])] = ProductRecord(
+                        id=int(r["id"]), key=r["product_key"], title=r["title"], description=r["description"],
+                        caption=r["caption"], catalog=r["catalog"], fingerprint=r["fingerprint"],
+                        attributes=attrs.get(int(r["id"]), {}), images=paths.get(int(r["id"]), []))
+        return out
+
+    def attributes_of_images(self, image_ids: Iterable[int]) -> dict[int, dict[str, list[str]]]:
+        with self.engine.connect() as conn:
+            return _attributes_of(conn, "image_id", [int(i) for i in image_ids])
+
+    def image_links(self, collection_id: int, catalog: str) -> dict[str, int]:
+        """ref -> image id of the images the products of ``catalog`` use."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(product_images.c.ref, product_images.c.image_id)
+                                .join(products, products.c.id == product_images.c.product_id)
+                                .where(products.c.collection_id == collection_id, products.c.catalog == catalog,
+                                       product_images.c.image_id.is_not(None)))
+            return {ref: int(i) for ref, i in rows}
+
+    # -- texts ----------------------------------------------------------------------------
+    def text_vectors_by_hash(self, collection_id: int, hashes: Iterable[str]) -> dict[str, np.ndarray]:
+        """Stored vectors of texts already encoded, by :func:`text_hash` (each text is encoded once)."""
+        dim = self._dim(collection_id)
+        out: dict[str, np.ndarray] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(sorted(set(hashes)), 900):
+                for h, blob in conn.execute(select(texts.c.text_hash, texts.c.vector).where(
+                        texts.c.collection_id == collection_id, texts.c.text_hash.in_(chunk))):
+                    out.setdefault(h, unpack_vectors([blob], dim)[0])
+        return out
+
+    def texts_by_ids(self, collection_id: int, ids: Iterable[int]) -> dict[int, TextRecord]:
+        out: dict[int, TextRecord] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks([int(i) for i in ids], 900):
+                for r in conn.execute(select(texts.c.id, texts.c.field, texts.c.text, texts.c.image_id,
+                                             texts.c.product_id).where(texts.c.collection_id == collection_id,
+                                                                       texts.c.id.in_(chunk))):
+                    out[int(r.id)] = TextRecord(**r._mapping)
+        return out
+
+    def count_texts(self, collection_id: int) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(texts)
+                                    .where(texts.c.collection_id == collection_id)).scalar_one())
+
+    # -- filters and keywords ---------------------------------------------------------------
+    def filtered_ids(self, collection_id: int, condition: ColumnElement) -> np.ndarray:
+        """Ids of the images that satisfy a condition built by :func:`filter_condition`."""
+        with self.engine.connect() as conn:
+            return np.fromiter(conn.execute(select(images.c.id).where(
+                images.c.collection_id == collection_id, condition)).scalars(), dtype=np.int64)
+
+    def keyword_search(self, collection_id: int, query: str, limit: int,
+                       condition: ColumnElement | None = None) -> list[tuple[int, float]]:
+        allowed = None
+        if condition is not None:
+            def allowed(key: ColumnElement) -> ColumnElement:
+                return key.in_(select(images.c.id).where(images.c.collection_id == collection_id, condition))
+        with self.engine.connect() as conn:
+            return keyword.search(conn, collection_id, query, limit, allowed)
 
     # -- errors ---------------------------------------------------------------------------
     def file_errors(self, collection_id: int, roots: Sequence[str] | None = None) -> list[FileErrorRecord]:
@@ -450,6 +844,167 @@ class Store:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(file_errors)
                                     .where(file_errors.c.collection_id == collection_id)).scalar_one())
+
+
+def _insert_attributes(conn: Connection, cid: int, owners: Sequence[tuple[str, int, Attributes]]) -> None:
+    rows = []
+    for owner, owner_id, attrs in owners:
+        for key, values in attrs.items():
+            key = key.strip().casefold()
+            for value in (values if isinstance(values, (list, tuple)) else [values]):
+                shown = value_text(value)
+                if key and shown.strip():
+                    rows.append({"collection_id": cid, owner: owner_id, "key": key, "value": shown,
+                                 "value_norm": shown.casefold().strip(), "value_num": number(value)})
+    if rows:
+        conn.execute(insert(attributes), rows)
+
+
+def _attributes_of(conn: Connection, owner: str, ids: Sequence[int]) -> dict[int, dict[str, list[str]]]:
+    out: dict[int, dict[str, list[str]]] = {}
+    col = attributes.c[owner]
+    for chunk in _chunks(list(ids), 900):
+        for owner_id, key, value in conn.execute(select(col, attributes.c.key, attributes.c.value)
+                                                 .where(col.in_(chunk)).order_by(attributes.c.id)):
+            out.setdefault(int(owner_id), {}).setdefault(key, []).append(value)
+    return out
+
+
+def _sync_texts(conn: Connection, cid: int, seq: int, owner: str, wanted: Sequence[tuple[int, str, str | None]],
+                vectors: Mapping[str, np.ndarray]) -> None:
+    """Make each (owner, field) have exactly the wanted text; unchanged texts keep their row and vector."""
+    col = texts.c[owner]
+    have: dict[tuple[int, str], tuple[int, str]] = {}
+    for chunk in _chunks(sorted({o for o, _, _ in wanted}), 900):
+        for tid, o, f, h in conn.execute(select(texts.c.id, col, texts.c.field, texts.c.text_hash).where(col.in_(chunk))):
+            have[(int(o), f)] = (int(tid), h)
+    drop, rows = [], []
+    for owner_id, fld, text in wanted:
+        text = (text or "").strip()
+        old = have.get((owner_id, fld))
+        digest = text_hash(text) if text else None
+        if old is not None and old[1] == digest:
+            continue
+        if old is not None:
+            drop.append(old[0])
+        if digest is not None:
+            if digest not in vectors:
+                raise StoreError(f"internal error: no vector for the {fld} {text[:40]!r}")
+            rows.append({"collection_id": cid, owner: owner_id, "field": fld, "text": text, "text_hash": digest,
+                         "vector": pack_vectors(vectors[digest][None])[0], "seq": seq})
+    for chunk in _chunks(drop, 900):
+        conn.execute(delete(texts).where(texts.c.id.in_(chunk)))
+    if rows:
+        conn.execute(insert(texts), rows)
+
+
+def _linked_images(conn: Connection, product_ids: Sequence[int]) -> list[int]:
+    out: list[int] = []
+    for chunk in _chunks(list(product_ids), 900):
+        out += [int(i) for i in conn.execute(select(product_images.c.image_id).where(
+            product_images.c.product_id.in_(chunk), product_images.c.image_id.is_not(None))).scalars()]
+    return out
+
+
+def _refresh_docs(conn: Connection, image_ids: Sequence[int]) -> None:
+    """Rebuild the keyword documents of these images from their rows, attributes and products."""
+    from .keyword import Doc
+
+    for chunk in _chunks(sorted(set(image_ids)), 500):
+        rows = conn.execute(select(images.c.id, images.c.collection_id, images.c.path, images.c.caption,
+                                   images.c.ocr_text).where(images.c.id.in_(chunk))).all()
+        attrs = _attributes_of(conn, "image_id", chunk)
+        words: dict[int, dict[str, list[str]]] = {i: {"title": [], "description": [], "caption": [], "attrs": []}
+                                                  for i in chunk}
+        for image_id, values in attrs.items():
+            words[image_id]["attrs"] += [v for vs in values.values() for v in vs]
+        links = conn.execute(select(product_images.c.image_id, products.c.id, products.c.title,
+                                    products.c.description, products.c.caption)
+                             .join(products, products.c.id == product_images.c.product_id)
+                             .where(product_images.c.image_id.in_(chunk))).all()
+        product_attrs = _attributes_of(conn, "product_id", sorted({int(r[1]) for r in links}))
+        for image_id, pid, title, description, caption in links:
+            w = words[int(image_id)]
+            w["title"].append(title or "")
+            w["description"].append(description or "")
+            w["caption"].append(caption or "")
+            w["attrs"] += [v for vs in product_attrs.get(int(pid), {}).values() for v in vs]
+        docs = []
+        for image_id, cid, path, caption, ocr in rows:
+            w = words[int(image_id)]
+            name = re.sub(r"[_\-.]+", " ", os.path.splitext(os.path.basename(path))[0])
+            docs.append(Doc(int(image_id), int(cid), name=name, title=" ".join(w["title"]),
+                            caption=" ".join([caption or "", *w["caption"]]).strip(),
+                            description=" ".join(w["description"]), attrs=" ".join(w["attrs"]), ocr=ocr or ""))
+        keyword.remove(conn, [i for i in chunk if i not in {d.image_id for d in docs}])
+        keyword.replace(conn, docs)
+
+
+#: Filter fields stored on the image row; any other field is an attribute (of the image or its product).
+IMAGE_FIELDS = {"path": "path", "type": "ext", "ext": "ext", "taken": "taken_at", "date": "taken_at",
+                "caption": "caption", "text": "ocr_text", "width": "width", "height": "height", "size": "size"}
+PRODUCT_FIELDS = {"product": "product_key", "product_id": "product_key", "title": "title",
+                  "description": "description"}
+_NUMERIC = {"width", "height", "size"}
+
+
+def filter_condition(node) -> ColumnElement:
+    """A filter expression (:mod:`searchengine.filters`) as a SQL condition on the ``images`` table.
+
+    Same semantics as :func:`searchengine.filters.evaluate`: a field matches when any of its
+    values does; strings compare casefolded; ``!=`` is ``not =``; ``folder = X`` means "under X".
+    """
+    from .errors import QueryError
+    from .filters import And, Compare, In, Not, Or
+
+    if isinstance(node, And):
+        return and_(*(filter_condition(n) for n in node.items))
+    if isinstance(node, Or):
+        return or_(*(filter_condition(n) for n in node.items))
+    if isinstance(node, Not):
+        return ~filter_condition(node.item)
+    if isinstance(node, In):
+        return or_(*(filter_condition(Compare(node.field, "=", v)) for v in node.values))
+    assert isinstance(node, Compare)
+    if node.op == "!=":
+        return ~filter_condition(Compare(node.field, "=", node.value))
+    field_name = node.field.casefold()
+    if field_name == "folder":
+        if node.op != "=":
+            raise QueryError("folder takes = (under that folder) or != (not under it)")
+        root = os.path.abspath(os.path.expanduser(value_text(node.value))).rstrip("/")
+        return or_(images.c.path == root, func.substr(images.c.path, 1, len(root) + 1) == root + "/")
+    if field_name in IMAGE_FIELDS:
+        column = images.c[IMAGE_FIELDS[field_name]]
+        if field_name in _NUMERIC:
+            if not isinstance(node.value, float) or node.op == "~":
+                raise QueryError(f"{field_name} is a number: compare it with <, <=, =, >=, > and a number")
+            return and_(column.is_not(None), _compare(column, node.op, node.value))
+        return and_(column.is_not(None), _compare(func.lower(column), node.op, _norm(node.value)))
+    if field_name in PRODUCT_FIELDS:
+        column = products.c[PRODUCT_FIELDS[field_name]]
+        cond = and_(column.is_not(None), _compare(func.lower(column), node.op, _norm(node.value)))
+        return images.c.id.in_(select(product_images.c.image_id).join(
+            products, products.c.id == product_images.c.product_id).where(cond, product_images.c.image_id.is_not(None)))
+    owned = or_(attributes.c.image_id == images.c.id, attributes.c.product_id.in_(
+        select(product_images.c.product_id).where(product_images.c.image_id == images.c.id).correlate(images)))
+    if isinstance(node.value, float) and node.op != "~":
+        cond = _compare(attributes.c.value_num, node.op, node.value)
+    else:
+        cond = _compare(attributes.c.value_norm, node.op, _norm(node.value))
+    return select(attributes.c.id).where(attributes.c.key == field_name, cond, owned).correlate(images).exists()
+
+
+def _norm(value: object) -> str:
+    return value_text(value).casefold().strip()
+
+
+def _compare(column, op: str, value: object) -> ColumnElement:
+    if op == "~":
+        escaped = str(value).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return column.like(f"%{escaped}%", escape="\\")
+    return {"=": column == value, "<": column < value, "<=": column <= value,
+            ">": column > value, ">=": column >= value}[op]
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:

@@ -130,15 +130,32 @@ class VectorIndex:
             ) from exc
 
     # -- query ----------------------------------------------------------------------------
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``k`` (scores, ids) per query row; missing slots are dropped by the caller (id -1)."""
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` (scores, ids) per query row; missing slots are dropped by the caller (id -1).
+
+        ``allowed``: search only among these ids (a faiss id selector inside the search, so a
+        selective filter still gets its true top ``k``).
+        """
         if k < 1:
             raise ValueError("k must be at least 1")
         mat = _as_matrix(queries, self.dim)
-        if self.ntotal == 0:
+        if self.ntotal == 0 or (allowed is not None and len(allowed) == 0):
             n = len(mat)
             return np.zeros((n, 0), dtype=np.float32), np.zeros((n, 0), dtype=np.int64)
-        return self._index.search(mat, min(k, self.ntotal))
+        if allowed is None:
+            return self._index.search(mat, min(k, self.ntotal))
+        selector = _selector(np.ascontiguousarray(allowed, dtype=np.int64))
+        return self._index.search(mat, min(k, self.ntotal, len(allowed)), params=self._params(selector))
+
+    def _params(self, selector):
+        import faiss
+
+        inner = faiss.downcast_index(self._index.index)
+        if isinstance(inner, faiss.IndexIVF):
+            return faiss.SearchParametersIVF(sel=selector, nprobe=inner.nprobe)
+        if isinstance(inner, faiss.IndexHNSW):
+            return faiss.SearchParametersHNSW(sel=selector, efSearch=inner.hnsw.efSearch)
+        return faiss.SearchParameters(sel=selector)
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, path: Path) -> None:
@@ -172,6 +189,15 @@ class VectorIndex:
         if not isinstance(index, faiss.IndexIDMap2) or index.d != dim:
             raise VectorIndexError(f"{path} is not an id-mapped index of dimension {dim}")
         return cls(index, factory, dim, note=note)
+
+
+def _selector(ids: np.ndarray):
+    """An id selector that keeps its id array alive (faiss holds only a pointer)."""
+    import faiss
+
+    selector = faiss.IDSelectorBatch(ids)
+    selector.ids_ref = ids
+    return selector
 
 
 def _as_matrix(vectors: np.ndarray, dim: int) -> np.ndarray:
