@@ -79,6 +79,9 @@ def run_files(engine: SearchEngine, scanned: ScanResult, rows: list[ImageRecord]
     ocr = bool(engine.collection.ocr)
     work: Plan = plan(scanned, rows, errors, retry_errors=retry_errors, ocr=ocr)
     report.unchanged, report.known_failures = work.unchanged, work.known_failures
+    if source == "folder":  # a folder now covers images a catalog brought in: they stay with the folder
+        seen = {e.path for e in scanned.files}
+        store.claim_for_folder([r.id for p, r in work.existing.items() if r.source == "catalog" and p in seen])
     writer = Writer(engine, work, report, source=source)
     if scanned.errors:
         now = time.time()

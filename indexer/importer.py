@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
+from sqlalchemy import select
 
 from searchengine.engine import SearchEngine
 from searchengine.errors import VectorIndexError
-from searchengine.store import FileErrorRecord, ProductWrite, as_stored, text_hash
+from searchengine.store import FileErrorRecord, ProductWrite, as_stored, product_images, text_hash
+from searchengine.store import products as products_table
 
 from .catalog import Catalog, CatalogColumns, CatalogRow, is_url, read_catalog
 from .fetch import FetchOptions, cache_path, fetch_many
@@ -105,11 +107,23 @@ def _import(engine: SearchEngine, catalog, fetch_options: FetchOptions, prune: b
             local[ref] = os.path.abspath(os.fspath(got))
     report.download_errors = len(download_errors)
     report.downloaded = fresh - len(download_errors)
-    scanned = _stat_files(sorted(set(local.values())))
-    known_errors = {e.path: e for e in store.file_errors(cid) if e.path in set(local.values())}
+    # A downloaded file's errors are recorded under its URL (the cache file's name tells the user
+    # nothing); the indexer sees them under the cached file's path.
+    url_of = {local[u]: u for u in urls if u in local}
+    paths = set(local.values())
+    known_errors: dict[str, FileErrorRecord] = {}
+    for e in store.file_errors(cid):
+        if e.path in paths and e.path not in url_of:
+            known_errors[e.path] = e
+        elif is_url(e.path) and e.path in local:
+            known_errors[local[e.path]] = replace(e, path=local[e.path])
+    scanned = _stat_files(sorted(paths))
     report.images = run_files(engine, scanned, store.images_at(cid, local.values()), list(known_errors.values()),
                               progress=progress, source="catalog")
+    report.images.errors = [replace(e, path=url_of[e.path], error=f"cannot index the image at {url_of[e.path]}: "
+                                    f"{e.error}") if e.path in url_of else e for e in report.images.errors]
     image_ids = {r.path: r.id for r in store.images_at(cid, local.values())}
+    working = {u for p, u in url_of.items() if image_ids.get(p) is not None}
 
     # 2. products: write the changed ones (or those whose images changed), remove the vanished ones
     stored = store.catalog_products(cid, catalog.path)
@@ -127,8 +141,12 @@ def _import(engine: SearchEngine, catalog, fetch_options: FetchOptions, prune: b
             attributes=row.attributes, fingerprint=row.fingerprint, catalog=catalog.path, images=images)))
     keep = {r.product_id for r in catalog.rows} | {e.product_id for e in catalog.errors if e.product_id}
     removed = [pid for key, (pid, _) in stored.items() if key not in keep] if prune else []
-    old_errors = [e.path for e in store.file_errors(cid) if e.path.startswith(catalog.path + ":")]
-    errors = row_errors + download_errors
+    # stale: this catalog's row errors (rewritten below), errors under cache paths (now under their
+    # URLs) and those of URLs that now download and decode
+    old_errors = [e.path for e in store.file_errors(cid)
+                  if e.path.startswith(catalog.path + ":") or e.path in url_of or e.path in working]
+    errors = row_errors + download_errors + [e for e in report.images.errors if is_url(e.path)]
+    refs_before = _product_refs(engine, catalog.path)
     for start in range(0, max(len(todo), 1), WRITE_BATCH):
         batch = todo[start : start + WRITE_BATCH]
         last = start + WRITE_BATCH >= len(todo)
@@ -142,8 +160,9 @@ def _import(engine: SearchEngine, catalog, fetch_options: FetchOptions, prune: b
                 report.added += 1
     report.removed = len(removed)
     _drop_unused_images(engine)
+    _clear_unused_errors(engine, refs_before - _product_refs(engine), cache)
     engine.save_index()
-    report.errors = errors + report.images.errors
+    report.errors = errors + [e for e in report.images.errors if not is_url(e.path)]
     report.seconds = time.perf_counter() - started
     return report
 
@@ -172,6 +191,32 @@ def _text_vectors(engine: SearchEngine, products: list[ProductWrite]) -> dict[st
         chunk = missing[start : start + 256]
         found.update(zip(chunk, as_stored(engine.encoder.encode_texts([wanted[h] for h in chunk]))))
     return found
+
+
+def _product_refs(engine: SearchEngine, catalog: str | None = None) -> set[str]:
+    """The image references (URLs, paths) of the collection's products, or of one catalog's."""
+    query = (select(product_images.c.ref)
+             .join(products_table, products_table.c.id == product_images.c.product_id)
+             .where(products_table.c.collection_id == engine.collection.id))
+    if catalog is not None:
+        query = query.where(products_table.c.catalog == catalog)
+    with engine.store.engine.connect() as conn:
+        return set(conn.execute(query).scalars())
+
+
+def _clear_unused_errors(engine: SearchEngine, refs: set[str], cache) -> None:
+    """The recorded errors of image references no product uses any more (downloads, bad files) go."""
+    if not refs:
+        return
+    candidates = set()
+    for ref in refs:
+        if is_url(ref):
+            candidates.update((ref, os.path.abspath(os.fspath(cache_path(cache, ref)))))
+        else:
+            candidates.add(os.path.abspath(ref))
+    stale = [e.path for e in engine.store.file_errors(engine.collection.id) if e.path in candidates]
+    if stale:
+        engine.store.write_batch(engine.collection.id, cleared_errors=stale)
 
 
 def _drop_unused_images(engine: SearchEngine) -> None:

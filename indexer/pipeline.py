@@ -108,7 +108,7 @@ def decode_one(entry: FileEntry, options: DecodeOptions | None = None) -> Decode
     text = _text_reader().read(image) if wants_text else None
     if known:
         return Decoded(entry, ocr_text=text, **meta)
-    width, height = image.size
+    width, height = image.info.get("original_size", image.size)  # not the draft decode's size
     pixels = np.asarray(opts.pil_stage(image), dtype=np.uint8)
     return Decoded(entry, pixels=pixels, width=width, height=height, ocr_text=text, **meta)
 
@@ -118,7 +118,7 @@ def _text_reader():
     if _READER is None:
         from searchengine.ocr import TextReader
 
-        _READER = TextReader()
+        _READER = TextReader(threads=1 if _OPTIONS is not None else None)  # one thread per worker process
     return _READER
 
 

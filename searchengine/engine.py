@@ -60,7 +60,7 @@ class Hit:
     @classmethod
     def from_record(cls, rec: ImageRecord, score: float, attributes: dict | None = None,
                     product: ProductRecord | None = None) -> "Hit":
-        attrs = dict(attributes or {})
+        attrs = {key: list(values) for key, values in (attributes or {}).items()}  # never share the lists
         extra: dict[str, Any] = {}
         if product is not None:
             for key, values in product.attributes.items():
@@ -379,7 +379,7 @@ class SearchEngine:
         condition = self._condition(filters)
         allowed = None if condition is None else self.store.filtered_ids(self.collection.id, condition)
         everything = sort == "date" and min_score is not None
-        n = max(16, 4 * k)
+        n = max(16, 4 * k) if mode == "vector" else max(100, 4 * k)  # fusion needs deep lists from both sides
         while True:
             vec_ranked = self._vector_ranking(qvec, n, allowed) if mode != "keyword" else []
             kw_ranked = self.store.keyword_search(self.collection.id, words, n, condition) if mode != "vector" else []

@@ -401,9 +401,10 @@ def _as_number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         return None
     try:
-        return float(value)
+        number = float(value)
     except (ValueError, OverflowError):
         return None
+    return number if math.isfinite(number) else None  # as the store keeps numbers
 
 
 def _matches(value: object, op: str, literal: Scalar) -> bool:

@@ -162,8 +162,12 @@ def _decode(fp: BinaryIO, max_pixels: int, draft_size: int | None) -> Image.Imag
             raise ImageDecodeError(f"image too large: {exc}") from exc
         except _DECODE_ERRORS as exc:
             raise ImageDecodeError(f"cannot decode image: {exc}") from exc
+        drafted = image.size
         _apply_exif_orientation(image)
-        return to_rgb(image)
+        rgb = to_rgb(image)
+        # the file's own size (as displayed), even when a draft decoded it smaller
+        rgb.info["original_size"] = (height, width) if image.size != drafted else (width, height)
+        return rgb
 
 
 def _apply_exif_orientation(image: Image.Image) -> None:

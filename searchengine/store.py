@@ -41,7 +41,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.functions import FunctionElement
 
 from . import keyword
 from .errors import CollectionNotFoundError, StoreError
@@ -367,7 +369,30 @@ def value_text(value: object) -> str:
     return str(value)
 
 
+class casefold(FunctionElement):
+    """Unicode case folding in SQL (SQLite's lower() folds ASCII only): filters compare with it."""
+
+    type = Text()
+    inherit_cache = True
+    name = "casefold"
+
+
+@compiles(casefold)
+def _casefold_default(element, compiler, **kw):  # PostgreSQL's lower() is Unicode-aware
+    return f"lower({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(casefold, "sqlite")
+def _casefold_sqlite(element, compiler, **kw):
+    return f"se_casefold({compiler.process(element.clauses, **kw)})"
+
+
+def _sqlite_casefold(value: object) -> object:
+    return value.casefold() if isinstance(value, str) else value
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # pragma: no cover - exercised via connect
+    dbapi_conn.create_function("se_casefold", 1, _sqlite_casefold, deterministic=True)
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
@@ -530,6 +555,12 @@ class Store:
                                                                images.c.path.in_(chunk)))
                 out.extend(ImageRecord(**r._mapping) for r in rows)
         return out
+
+    def claim_for_folder(self, ids: Sequence[int]) -> None:
+        """Rows a catalog brought in that a folder run also covers: no longer removed with their products."""
+        with self.engine.begin() as conn:
+            for chunk in _chunks(list(ids), 900):
+                conn.execute(update(images).where(images.c.id.in_(chunk)).values(source="folder"))
 
     def images_under(self, collection_id: int, roots: Sequence[str]) -> list[ImageRecord]:
         """Rows whose path is one of ``roots`` or lies below one of them."""
@@ -951,8 +982,11 @@ _NUMERIC = {"width", "height", "size"}
 def filter_condition(node) -> ColumnElement:
     """A filter expression (:mod:`searchengine.filters`) as a SQL condition on the ``images`` table.
 
-    Same semantics as :func:`searchengine.filters.evaluate`: a field matches when any of its
-    values does; strings compare casefolded; ``!=`` is ``not =``; ``folder = X`` means "under X".
+    Same semantics as :func:`searchengine.filters.evaluate` for attributes: a field matches when
+    any of its values does; strings compare casefolded; ``!=`` is ``not =``. The built-in fields
+    have a type: ``folder = X`` means "under X"; the text ones (path, type, taken, caption, text,
+    product, title, description) take a number in its text form (``taken >= 2021``), and
+    ``type = jpeg`` means jpg as the store records it.
     """
     from .errors import QueryError
     from .filters import And, Compare, In, Not, Or
@@ -980,10 +1014,13 @@ def filter_condition(node) -> ColumnElement:
             if not isinstance(node.value, float) or node.op == "~":
                 raise QueryError(f"{field_name} is a number: compare it with <, <=, =, >=, > and a number")
             return and_(column.is_not(None), _compare(column, node.op, node.value))
-        return and_(column.is_not(None), _compare(func.lower(column), node.op, _norm(node.value)))
+        value = _norm(node.value)
+        if field_name in ("type", "ext") and node.op == "=":
+            value = file_type("x." + value)  # jpeg means jpg, as stored
+        return and_(column.is_not(None), _compare(casefold(column), node.op, value))
     if field_name in PRODUCT_FIELDS:
         column = products.c[PRODUCT_FIELDS[field_name]]
-        cond = and_(column.is_not(None), _compare(func.lower(column), node.op, _norm(node.value)))
+        cond = and_(column.is_not(None), _compare(casefold(column), node.op, _norm(node.value)))
         return images.c.id.in_(select(product_images.c.image_id).join(
             products, products.c.id == product_images.c.product_id).where(cond, product_images.c.image_id.is_not(None)))
     owned = or_(attributes.c.image_id == images.c.id, attributes.c.product_id.in_(

@@ -5,7 +5,16 @@ import pytest
 from sqlalchemy import text
 
 from searchengine.errors import CollectionNotFoundError, StoreError
-from searchengine.store import SCHEMA_VERSION, FileErrorRecord, NewImage, Store, as_stored, pack_vectors, unpack_vectors
+from searchengine.store import (
+    SCHEMA_VERSION,
+    FileErrorRecord,
+    NewImage,
+    Store,
+    as_stored,
+    pack_vectors,
+    text_hash,
+    unpack_vectors,
+)
 
 
 @pytest.fixture
@@ -101,3 +110,61 @@ def test_big_sizes_fit(store):
     big = NewImage(path="/huge.tif", size=5 * 2**30, mtime=1.0, content_hash="h", width=1, height=1)
     ids, _ = store.write_batch(cid, new=[big], new_vectors=np.zeros((1, 4), np.float32))
     assert store.images_by_ids(cid, ids)[ids[0]].size == 5 * 2**30
+
+
+def test_a_version_1_store_is_migrated_with_its_rows_kept(tmp_path):
+    """A database written by the first release opens, gains the v2 tables and keeps its images."""
+    from sqlalchemy import create_engine, insert
+    from sqlalchemy import text as sql
+
+    from searchengine import store as store_module
+
+    url = f"sqlite:///{tmp_path / 'v1.db'}"
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        store_module.metadata.create_all(conn, tables=[store_module.schema_version])
+        store_module._m001_initial(conn)
+        conn.execute(insert(store_module.schema_version).values(version=1))
+        conn.execute(sql("INSERT INTO collections (id, name, model_spec, dim, fingerprint, fingerprint_id, index_factory,"
+                         " index_note, next_seq, index_seq, created_at) VALUES (1, 'c', 'm', 4, x'00', 'fp', 'Flat', '',"
+                         " 2, 1, 0)"))
+        conn.execute(sql("INSERT INTO images (id, collection_id, path, size, mtime, content_hash, width, height, vector,"
+                         " seq, indexed_at) VALUES (7, 1, '/photos/Eiffel_Tower.JPEG', 10, 1.0, 'h', 3, 2, :v, 1, 0)"),
+                     {"v": pack_vectors(np.ones((1, 4), np.float32))[0]})
+    engine.dispose()
+    migrated = Store(url)
+    assert migrated.schema_version() == SCHEMA_VERSION == 2
+    rec = migrated.require_collection("c")
+    assert rec.text_index_seq == 0 and rec.ocr == 0
+    row = migrated.images_by_ids(rec.id, [7])[7]
+    assert row.path == "/photos/Eiffel_Tower.JPEG" and row.caption is None and row.source == "folder"
+    assert migrated.filtered_ids(rec.id, _where("type = jpg")).tolist() == [7]
+    assert [i for i, _ in migrated.keyword_search(rec.id, "eiffel", 5)] == [7]  # file names are keyword-searchable
+    migrated.close()
+
+
+def _where(expr: str):
+    from searchengine.filters import parse_where
+    from searchengine.store import filter_condition
+
+    return filter_condition(parse_where(expr))
+
+
+def test_attributes_texts_and_documents_follow_the_rows(store):
+    cid = coll(store).id
+    vec = {text_hash("a red bike"): np.eye(4, dtype=np.float32)[0]}
+    new = NewImage(path="/p/bike.jpg", size=1, mtime=1.0, content_hash="h1", width=2, height=2, caption="a red bike",
+                   attributes={"Brand": ["Acme"], "price": [49.0], "tags": ["sport", "city"]})
+    (image_id,), _ = store.write_batch(cid, new=[new], new_vectors=np.eye(4, dtype=np.float32)[:1], text_vectors=vec)
+    assert store.attributes_of_images([image_id]) == {image_id: {"brand": ["Acme"], "price": ["49"],
+                                                                 "tags": ["sport", "city"]}}
+    assert store.filtered_ids(cid, _where("brand = ACME and price < 50 and tags = city")).tolist() == [image_id]
+    assert store.filtered_ids(cid, _where("price > 49 or brand != acme")).tolist() == []
+    assert [i for i, _ in store.keyword_search(cid, "Acme bikes bike", 5)] == [image_id]
+    assert store.count_texts(cid) == 1
+    # a caption-less rewrite drops the caption's text row and keyword words; no vector needed
+    store.write_batch(cid, touched=[(image_id, NewImage(path="/p/bike.jpg", size=1, mtime=2.0, content_hash="h1",
+                                                        width=2, height=2))])
+    assert store.count_texts(cid) == 0 and store.keyword_search(cid, "acme", 5) == []
+    store.write_batch(cid, removed=[image_id])
+    assert store.keyword_search(cid, "bike", 5) == [] and store.attributes_of_images([image_id]) == {}
