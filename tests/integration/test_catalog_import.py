@@ -24,6 +24,7 @@ from searchengine import SearchEngine
 from searchengine.cli import app
 from searchengine.errors import CatalogError
 from tests.fakemodel import COLORS, ColorEncoder, color_image, use_color_model
+from tests.localhttp import serving
 
 COLL = "shop"
 
@@ -528,14 +529,8 @@ class Server(ThreadingHTTPServer):
 
 @pytest.fixture
 def server(monkeypatch):
-    for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(key, raising=False)
-    srv = Server()
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with serving(Server(), monkeypatch) as srv:
+        yield srv
 
 
 FAST = FetchOptions(timeout=0.3, retries=0, backoff=0, max_bytes=MAX_BYTES)

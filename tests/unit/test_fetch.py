@@ -14,6 +14,7 @@ from PIL import Image
 
 from indexer.fetch import FetchOptions, cache_path, fetch, fetch_many
 from searchengine.errors import DownloadError
+from tests.localhttp import serving
 
 
 def _png() -> bytes:
@@ -121,15 +122,8 @@ class Server(ThreadingHTTPServer):
 
 @pytest.fixture
 def server(monkeypatch):
-    for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(key, raising=False)
-    srv = Server()
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    srv.url = f"http://127.0.0.1:{srv.server_address[1]}"  # type: ignore[attr-defined]
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with serving(Server(), monkeypatch) as srv:
+        yield srv
 
 
 @pytest.fixture
