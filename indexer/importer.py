@@ -13,18 +13,17 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 
-import numpy as np
 from sqlalchemy import select
 
 from searchengine.engine import SearchEngine
 from searchengine.errors import VectorIndexError
-from searchengine.store import FileErrorRecord, ProductWrite, as_stored, product_images, text_hash
+from searchengine.store import FileErrorRecord, ProductWrite, product_images
 from searchengine.store import products as products_table
 
 from .catalog import Catalog, CatalogColumns, CatalogRow, is_url, read_catalog
 from .fetch import FetchOptions, cache_path, fetch_many
 from .scan import FileEntry, ScanResult, sidecar_signature
-from .writer import IndexReport
+from .writer import IndexReport, text_vectors
 
 __all__ = ["import_catalog", "ImportReport"]
 
@@ -150,7 +149,7 @@ def _import(engine: SearchEngine, catalog, fetch_options: FetchOptions, prune: b
     for start in range(0, max(len(todo), 1), WRITE_BATCH):
         batch = todo[start : start + WRITE_BATCH]
         last = start + WRITE_BATCH >= len(todo)
-        store.write_products(cid, [p for _, p in batch], text_vectors=_text_vectors(engine, [p for _, p in batch]),
+        store.write_products(cid, [p for _, p in batch], text_vectors=text_vectors(engine, [t for _, p in batch for t in (p.title, p.caption)])[0],
                              removed=removed if last else (), errors=errors if last else (),
                              cleared_errors=old_errors if start == 0 else ())
         for row, _ in batch:
@@ -179,18 +178,6 @@ def _stat_files(paths: list[str]) -> ScanResult:
         result.files.append(FileEntry(path=path, size=int(st.st_size), mtime=float(st.st_mtime),
                                       sidecar=sidecar_signature(path)))
     return result
-
-
-def _text_vectors(engine: SearchEngine, products: list[ProductWrite]) -> dict[str, np.ndarray]:
-    wanted = {text_hash(t.strip()): t.strip() for p in products for t in (p.title, p.caption) if t and t.strip()}
-    if not wanted:
-        return {}
-    found = engine.store.text_vectors_by_hash(engine.collection.id, wanted)
-    missing = [h for h in wanted if h not in found]
-    for start in range(0, len(missing), 256):
-        chunk = missing[start : start + 256]
-        found.update(zip(chunk, as_stored(engine.encoder.encode_texts([wanted[h] for h in chunk]))))
-    return found
 
 
 def _product_refs(engine: SearchEngine, catalog: str | None = None) -> set[str]:

@@ -227,15 +227,8 @@ class Writer:
             self.engine.save_index()
 
     def _text_vectors(self, captions: list[str | None]) -> dict[str, np.ndarray]:
-        """Vectors for these captions: stored ones reused, the others encoded with the text tower."""
-        wanted = {text_hash(c.strip()): c.strip() for c in captions if c and c.strip()}
-        if not wanted:
-            return {}
-        found = self.engine.store.text_vectors_by_hash(self.cid, wanted)
-        missing = [h for h in wanted if h not in found]
-        if missing:
-            found.update(zip(missing, as_stored(self.engine.encoder.encode_texts([wanted[h] for h in missing]))))
-            self.report.captions += len(missing)
+        found, encoded = text_vectors(self.engine, captions)
+        self.report.captions += encoded
         return found
 
     def _record(self, d: Decoded, dims: tuple[int, int] | None = None, ocr: str | None = None) -> NewImage:
@@ -244,6 +237,20 @@ class Writer:
                         width=width, height=height, caption=d.caption, taken_at=d.taken_at,
                         ocr_text=d.ocr_text if d.ocr_text is not None else ocr, sidecar_sig=d.entry.sidecar,
                         attributes=d.attributes, source=self.source)
+
+
+def text_vectors(engine: SearchEngine, texts: list[str | None]) -> tuple[dict[str, np.ndarray], int]:
+    """Vectors for these texts by :func:`text_hash`: stored ones reused, the others encoded with the
+    text tower (each distinct text once); also returns how many were encoded."""
+    wanted = {text_hash(t.strip()): t.strip() for t in texts if t and t.strip()}
+    if not wanted:
+        return {}, 0
+    found = engine.store.text_vectors_by_hash(engine.collection.id, wanted)
+    missing = [h for h in wanted if h not in found]
+    for start in range(0, len(missing), 256):
+        chunk = missing[start : start + 256]
+        found.update(zip(chunk, as_stored(engine.encoder.encode_texts([wanted[h] for h in chunk]))))
+    return found, len(missing)
 
 
 def _stack(vecs: list[np.ndarray]) -> np.ndarray | None:
