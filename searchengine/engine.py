@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .filters import FilterSpec
     from .models.clip import ClipEncoder
+    from .stages import Reranker, TagReport
 
 __all__ = ["SearchEngine", "Hit", "TextHit", "CollectionStatus", "ImageQuery", "SearchMode"]
 
@@ -53,6 +54,10 @@ class Hit:
     title: str | None = None
     description: str | None = None
     images: list[str] = field(default_factory=list)  # a product's images, in catalog order
+    #: after reranking, ``score`` is the reranker's match probability and this the first stage's score
+    first_score: float | None = None
+    generated_caption: str | None = None  # search(..., caption=True)
+    answer: str | None = None  # search(..., ask="question")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,6 +129,12 @@ def fuse(vector: Sequence[tuple[int, float]], keyword: Sequence[tuple[int, float
     return sorted(scores.items(), key=lambda p: (-p[1], vrank.get(p[0], len(vrank)), p[0]))
 
 
+def _by_date(hits: list[Hit]) -> list[Hit]:
+    """Newest first by EXIF date, undated last (in their order)."""
+    return sorted((h for h in hits if h.taken_at), key=lambda h: h.taken_at or "", reverse=True) + [
+        h for h in hits if not h.taken_at]
+
+
 def _normalized(vec: np.ndarray) -> np.ndarray:
     norm = float(np.linalg.norm(vec))
     if norm < 1e-6:
@@ -159,6 +170,7 @@ class SearchEngine:
         self._encoder = encoder
         self._encoder_checked = False
         self._text_index: VectorIndex | None = None
+        self._stages: dict[tuple[str, str], Any] = {}  # loaded rerankers, captioners, answerers
         self.index = self._load_index()
 
     # -- opening --------------------------------------------------------------------------
@@ -348,7 +360,8 @@ class SearchEngine:
                vector: np.ndarray | None = None, filters: FilterSpec = None, k: int = 10,
                mode: SearchMode = "vector", keyword_weight: float = 0.5, min_score: float | None = None,
                sort: Literal["score", "date"] = "score", dedup: float | bool | None = None,
-               group: bool = True) -> list[Hit]:
+               group: bool = True, rerank: "bool | str | Reranker" = False, rerank_top: int = 20,
+               caption: bool | str = False, ask: str | None = None) -> list[Hit]:
         """Images (or products) for a text, an image, both, a composed ``query``, or a vector.
 
         - ``text`` and ``image`` together: the sum of their embeddings. ``query``: the composition
@@ -363,7 +376,20 @@ class SearchEngine:
         - ``min_score``: drop hits scoring below it. ``sort="date"``: the relevant hits (all above
           ``min_score`` when given, else the top ``k``) newest first by EXIF date, undated last.
         - ``dedup``: collapse near-duplicate images (cosine >= the threshold; ``True`` = 0.95).
+        - ``rerank``: rescore the first ``rerank_top`` hits (at least ``k``) with a cross-attention
+          image-text matching model against the query's words (``True``: the default reranker, see
+          :func:`searchengine.stages.load_reranker`; or a model spec, or a :class:`Reranker`). ``score``
+          becomes the match probability, which ``min_score`` then applies to.
+        - ``caption`` (``True`` or a model spec) and ``ask`` (a question): a generated caption and an
+          answer for each returned hit, cached per image content and model.
         """
+        if rerank is not False and rerank is not None:
+            return self._reranked(text, image, query, vector, filters, k, mode, keyword_weight, min_score, sort,
+                                  dedup, group, rerank, rerank_top, caption, ask)
+        if caption or ask is not None:
+            hits = self.search(text, image, query=query, vector=vector, filters=filters, k=k, mode=mode,
+                               keyword_weight=keyword_weight, min_score=min_score, sort=sort, dedup=dedup, group=group)
+            return self._annotate(hits, caption, ask)
         if k < 1:
             raise QueryError("k must be at least 1")
         if mode not in ("vector", "keyword", "hybrid"):
@@ -396,11 +422,118 @@ class SearchEngine:
             if exhausted or (len(hits) >= k and not everything):
                 break
             n *= 4
-        if sort == "date":
-            pool = hits if everything else hits[:k]
-            hits = sorted((h for h in pool if h.taken_at), key=lambda h: h.taken_at or "", reverse=True)
-            hits += [h for h in pool if not h.taken_at]
-        return hits[:k]
+        return _by_date(hits if everything else hits[:k]) if sort == "date" else hits[:k]
+
+    def _reranked(self, text, image, query, vector, filters, k, mode, keyword_weight, min_score, sort, dedup, group,
+                  rerank, rerank_top, caption, ask) -> list[Hit]:
+        from .query import parse_query
+        from .stages import rerank_hits
+
+        if rerank_top < 1:
+            raise QueryError("rerank_top must be at least 1")
+        words = text or ""
+        if query is not None:
+            words = " ".join(p.value for p in parse_query(query) if p.kind == "text" and p.weight > 0)
+        if not words.strip():
+            raise QueryError("reranking compares the query's words with each hit: give a text query")
+        reranker = rerank if not isinstance(rerank, (bool, str)) else self.reranker(
+            rerank if isinstance(rerank, str) else None)
+        first = self.search(text, image, query=query, vector=vector, filters=filters, k=max(k, rerank_top), mode=mode,
+                            keyword_weight=keyword_weight, dedup=dedup, group=group)
+        hits = rerank_hits(reranker, words, first)
+        if min_score is not None:
+            hits = [h for h in hits if h.score >= min_score]
+        hits = _by_date(hits) if sort == "date" else hits
+        return self._annotate(hits[:k], caption, ask)
+
+    # -- looking closer: rerankers, captions, answers, zero-shot ----------------------------
+    def _stage(self, task: str, spec: str, load: Any) -> Any:
+        if (task, spec) not in self._stages:
+            self._stages[(task, spec)] = load(spec, self.settings.device)
+        return self._stages[(task, spec)]
+
+    def reranker(self, spec: str | None = None) -> "Reranker":
+        """A reranker (loaded once per engine): see :func:`searchengine.stages.load_reranker`."""
+        from .stages import load_reranker, rerank_spec
+
+        return self._stage("rerank", rerank_spec(spec), load_reranker)
+
+    def captioner(self, spec: str | None = None) -> Any:
+        from .models.vlm import load_vlm
+        from .stages import caption_spec
+
+        return self._stage("caption", caption_spec(spec), lambda s, d: load_vlm(s, "caption", d))
+
+    def answerer(self, spec: str | None = None) -> Any:
+        from .models.vlm import load_vlm
+        from .stages import vqa_spec
+
+        return self._stage("vqa", vqa_spec(spec), lambda s, d: load_vlm(s, "vqa", d))
+
+    def caption(self, images: Sequence[ImageQuery], model: str | None = None) -> list[str]:
+        """A caption for each image (a path, bytes or PIL image), cached per content and model."""
+        from .stages import generate_cached
+
+        captioner = self.captioner(model)
+        return generate_cached(self.store, "caption", captioner.spec, "", list(images), captioner.generate)
+
+    def ask(self, images: Sequence[ImageQuery], question: str, model: str | None = None) -> list[str]:
+        """An answer to ``question`` for each image, cached per (content, question, model)."""
+        from .stages import generate_cached
+
+        if not question or not question.strip():
+            raise QueryError("empty question")
+        answerer = self.answerer(model)
+        return generate_cached(self.store, "answer", answerer.spec, question.strip(), list(images),
+                               lambda ims: answerer.predict_answers(ims, question.strip()))
+
+    def _annotate(self, hits: list[Hit], caption: bool | str, ask: str | None) -> list[Hit]:
+        from dataclasses import replace
+
+        from .stages import generate_cached
+
+        if not hits:
+            return hits
+        rows = self.store.images_by_ids(self.collection.id, [h.id for h in hits])
+        keys = [rows[h.id].content_hash for h in hits]
+        paths = [h.path for h in hits]
+        if caption:
+            model = self.captioner(caption if isinstance(caption, str) else None)
+            texts = generate_cached(self.store, "caption", model.spec, "", paths, model.generate, keys)
+            hits = [replace(h, generated_caption=t) for h, t in zip(hits, texts)]
+        if ask is not None:
+            if not ask.strip():
+                raise QueryError("empty question")
+            model = self.answerer()
+            texts = generate_cached(self.store, "answer", model.spec, ask.strip(), paths,
+                                    lambda ims: model.predict_answers(ims, ask.strip()), keys)
+            hits = [replace(h, answer=t) for h, t in zip(hits, texts)]
+        return hits
+
+    def caption_collection(self, model: str | None = None, progress: Any = None) -> int:
+        """Caption every image without a searchable generated caption (``index --caption``): the
+        captions join keyword search and image->text search. Returns how many images were done."""
+        from .stages import caption_collection
+
+        return caption_collection(self, self.captioner(model), progress)
+
+    def classify(self, images: Sequence[ImageQuery], labels: Sequence[str],
+                 templates: Sequence[str] | None = None) -> list[list[tuple[str, float]]]:
+        """Zero-shot: per image, ``(label, probability)`` best first. The probabilities sum to 1 over
+        the given labels: they say which label fits best relative to the others, not how well."""
+        from .stages import classify_vectors
+
+        vecs = np.stack([self._image_vector(im) for im in images]) if images else np.zeros((0, self.collection.dim))
+        probs = classify_vectors(self.encoder, vecs, list(labels), templates)
+        return [sorted(zip(labels, map(float, p)), key=lambda x: -x[1]) for p in probs]
+
+    def tag(self, labels: Sequence[str], *, threshold: float = 0.3, top: int = 3,
+            templates: Sequence[str] | None = None) -> "TagReport":
+        """Zero-shot tags for the whole collection from its stored vectors (replacing earlier tags);
+        they become a filter field (``tag = cat``) and keyword text."""
+        from .stages import tag_collection
+
+        return tag_collection(self, list(labels), threshold=threshold, top=top, templates=templates)
 
     def search_text(self, text: str, k: int = 10, **options: Any) -> list[Hit]:
         """Images ranked by similarity to a text."""

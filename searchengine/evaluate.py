@@ -30,6 +30,11 @@ class RetrievalReport:
     image_to_text: dict[int, float]
     seconds: float
     failed_images: int = 0
+    #: ``rerank``: text->image recall after reranking the first stage's top ``rerank_top``
+    reranked_text_to_image: dict[int, float] | None = None
+    rerank_model: str | None = None
+    rerank_top: int | None = None
+    rerank_ms_per_query: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -58,13 +63,16 @@ def recall_at(ranked: Sequence[Sequence[int]], correct: Sequence[set[int]], ks: 
 
 
 def evaluate_retrieval(pairs: Sequence[Pair], *, model: str | None, device: str = "auto", ks: Sequence[int] = (1, 5, 10),
-                       all_captions: bool = False, workers: int | None = None) -> RetrievalReport:
+                       all_captions: bool = False, workers: int | None = None, rerank: str | None = None,
+                       rerank_top: int = 20) -> RetrievalReport:
     """Index the pairs' images into a throwaway collection, then query it.
 
     text->image: each pair's first caption (every caption with ``all_captions``) must find the
     pair's image; image->text: each image must find one of its own captions among all captions
     (ranked by the best caption of each image). Copies of the same image, and images with a
-    caption of the same text, are right answers too (:class:`_Answers`).
+    caption of the same text, are right answers too (:class:`_Answers`). ``rerank`` (a reranker
+    spec, see :func:`searchengine.stages.load_reranker`): text->image again with the first stage's
+    top ``rerank_top`` reranked.
     """
     from indexer import index_folder
 
@@ -93,9 +101,20 @@ def evaluate_retrieval(pairs: Sequence[Pair], *, model: str | None, device: str 
             t2i = _text_to_image(engine, pairs, row_pair, kmax, all_captions, answers)
             i2t = _image_to_text(engine, pairs, row_pair, kmax, answers)
             model = engine.collection.model_spec
-    return RetrievalReport(model=model, images=len(row_pair), text_queries=len(t2i[0]),
-                           text_to_image=recall_at(*t2i, ks), image_to_text=recall_at(*i2t, ks),
-                           seconds=time.perf_counter() - started, failed_images=report.failed)
+            result = RetrievalReport(model=model, images=len(row_pair), text_queries=len(t2i[0]),
+                                     text_to_image=recall_at(*t2i, ks), image_to_text=recall_at(*i2t, ks),
+                                     seconds=0.0, failed_images=report.failed)
+            if rerank is not None:
+                reranker = engine.reranker(rerank)
+                t0 = time.perf_counter()
+                reranked = _text_to_image(engine, pairs, row_pair, kmax, all_captions, answers,
+                                          lambda text: engine.search(text=text, k=kmax, rerank=reranker,
+                                                                     rerank_top=max(rerank_top, kmax)))
+                result.rerank_ms_per_query = 1000 * (time.perf_counter() - t0) / max(len(reranked[0]), 1)
+                result.reranked_text_to_image = recall_at(*reranked, ks)
+                result.rerank_model, result.rerank_top = reranker.spec, max(rerank_top, kmax)
+    result.seconds = time.perf_counter() - started
+    return result
 
 
 class _Answers:
@@ -130,12 +149,17 @@ def _norm(caption: str) -> str:
     return " ".join(caption.lower().split()).rstrip(".")
 
 
-def _text_to_image(engine, pairs, row_pair, kmax, all_captions, answers: _Answers):
+def _text_to_image(engine, pairs, row_pair, kmax, all_captions, answers: _Answers, search=None):
+    """Each query's ranked pairs, by the vector index (or by ``search(text) -> hits``)."""
     queries = [(n, c) for n, p in enumerate(pairs) for c in (p.captions if all_captions else p.captions[:1])]
-    vecs = _encode_texts(engine.encoder, [c for _, c in queries])
+    if search is None:
+        vecs = _encode_texts(engine.encoder, [c for _, c in queries])
+        results = (engine.search_vector(vec, kmax) for vec in vecs)
+    else:
+        results = (search(c) for _, c in queries)
     ranked = []
-    for vec in vecs:
-        ranked.append([row_pair[h.id] for h in engine.search_vector(vec, kmax) if h.id in row_pair])
+    for hits in results:
+        ranked.append([row_pair[h.id] for h in hits if h.id in row_pair])
     return ranked, [answers.for_text(n, c) for n, c in queries]
 
 

@@ -126,7 +126,13 @@ def _v2_image_columns() -> list[Column]:
         Column("sidecar_sig", Text, nullable=False, server_default=""),
     ]
 
-collections = Table("collections", metadata, *_collection_columns(), *_v2_collection_columns())
+#: Version 3: the model whose generated captions are searchable text (``index --caption``).
+def _v3_collection_columns() -> list[Column]:
+    return [Column("caption_model", Text)]
+
+
+collections = Table("collections", metadata, *_collection_columns(), *_v2_collection_columns(),
+                    *_v3_collection_columns())
 images = Table("images", metadata, *_image_columns(), *_v2_image_columns())
 file_errors = Table("file_errors", metadata, *_error_columns())
 
@@ -187,6 +193,33 @@ texts = Table(
     Index("ix_texts_product", "product_id"),
 )
 
+#: What a model generated for an image's content (captions, answers): computed once per
+#: (content, task, model, question), shared by every collection.
+generated = Table(
+    "generated", metadata,
+    Column("id", BigInt, primary_key=True),
+    Column("content_hash", String(64), nullable=False),
+    Column("task", String(16), nullable=False),  # "caption" or "answer"
+    Column("model", Text, nullable=False),
+    Column("question", Text, nullable=False),  # "" for captions
+    Column("text", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("content_hash", "task", "model", "question", name="uq_generated"),
+)
+
+#: Zero-shot tags (``searchengine tag``): a filter field (``tag = cat``) and keyword text.
+tags = Table(
+    "tags", metadata,
+    Column("id", BigInt, primary_key=True),
+    Column("collection_id", Integer, ForeignKey("collections.id", ondelete="CASCADE"), nullable=False),
+    Column("image_id", BigInt, ForeignKey("images.id", ondelete="CASCADE"), nullable=False),
+    Column("label", Text, nullable=False),
+    Column("label_norm", Text, nullable=False),
+    Column("score", Float, nullable=False),  # the label's zero-shot probability
+    Index("ix_tags_label", "collection_id", "label_norm"),
+    Index("ix_tags_image", "image_id"),
+)
+
 _VECTOR_TABLES = {"images": images, "texts": texts}
 
 
@@ -198,14 +231,18 @@ def _m001_initial(conn: Connection) -> None:
     v1.create_all(conn)
 
 
+def _add_columns(conn: Connection, table: str, columns: Sequence[Column]) -> None:
+    for col in columns:
+        ddl = f"ALTER TABLE {table} ADD COLUMN {col.name} {col.type.compile(conn.dialect)}"
+        if col.server_default is not None:
+            ddl += f" DEFAULT '{col.server_default.arg}'" if isinstance(col.type, (String, Text)) \
+                else f" DEFAULT {col.server_default.arg}"
+        conn.exec_driver_sql(ddl + ("" if col.nullable else " NOT NULL"))
+
+
 def _m002_texts_and_catalogs(conn: Connection) -> None:
-    for table, columns in (("collections", _v2_collection_columns()), ("images", _v2_image_columns())):
-        for col in columns:
-            ddl = f"ALTER TABLE {table} ADD COLUMN {col.name} {col.type.compile(conn.dialect)}"
-            if col.server_default is not None:
-                ddl += f" DEFAULT '{col.server_default.arg}'" if isinstance(col.type, (String, Text)) \
-                    else f" DEFAULT {col.server_default.arg}"
-            conn.exec_driver_sql(ddl + ("" if col.nullable else " NOT NULL"))
+    _add_columns(conn, "collections", _v2_collection_columns())
+    _add_columns(conn, "images", _v2_image_columns())
     for image_id, path in conn.execute(select(images.c.id, images.c.path)).all():
         conn.execute(update(images).where(images.c.id == image_id).values(ext=file_type(path)))
     metadata.create_all(conn, tables=[products, product_images, attributes, texts])
@@ -213,8 +250,13 @@ def _m002_texts_and_catalogs(conn: Connection) -> None:
     _refresh_docs(conn, [int(i) for i in conn.execute(select(images.c.id)).scalars()])
 
 
+def _m003_generated_and_tags(conn: Connection) -> None:
+    _add_columns(conn, "collections", _v3_collection_columns())
+    metadata.create_all(conn, tables=[generated, tags])
+
+
 #: Numbered migrations: ``MIGRATIONS[i]`` takes the schema from version ``i`` to ``i + 1``.
-MIGRATIONS: list[Callable[[Connection], None]] = [_m001_initial, _m002_texts_and_catalogs]
+MIGRATIONS: list[Callable[[Connection], None]] = [_m001_initial, _m002_texts_and_catalogs, _m003_generated_and_tags]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -256,6 +298,7 @@ class CollectionRecord:
     created_at: float
     text_index_seq: int = 0
     ocr: int = 0
+    caption_model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -656,6 +699,7 @@ class Store:
                 conn.execute(update(images).where(images.c.id == image_id).values(
                     path=n.path, size=n.size, mtime=n.mtime, ext=file_type(n.path)))
             if updated:
+                _forget_derived(conn, [i for i, _ in updated])
                 for (image_id, n), blob in zip(updated, pack_vectors(updated_vectors)):
                     conn.execute(update(images).where(images.c.id == image_id).values(
                         path=n.path, size=n.size, mtime=n.mtime, content_hash=n.content_hash, ext=file_type(n.path),
@@ -804,8 +848,14 @@ class Store:
         return out
 
     def attributes_of_images(self, image_ids: Iterable[int]) -> dict[int, dict[str, list[str]]]:
+        """The images' own attributes, with their zero-shot tags under ``tag``."""
+        ids = [int(i) for i in image_ids]
         with self.engine.connect() as conn:
-            return _attributes_of(conn, "image_id", [int(i) for i in image_ids])
+            out = _attributes_of(conn, "image_id", ids)
+            for image_id, labels in _tags_of(conn, ids).items():
+                have = out.setdefault(image_id, {}).setdefault("tag", [])
+                have += [t for t in labels if t not in have]
+        return out
 
     def image_links(self, collection_id: int, catalog: str) -> dict[str, int]:
         """ref -> image id of the images the products of ``catalog`` use."""
@@ -842,6 +892,79 @@ class Store:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(texts)
                                     .where(texts.c.collection_id == collection_id)).scalar_one())
+
+    # -- generated text and tags --------------------------------------------------------------
+    def generated_texts(self, task: str, model: str, question: str, hashes: Iterable[str]) -> dict[str, str]:
+        """Cached model outputs by content hash (see :data:`generated`)."""
+        out: dict[str, str] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(sorted(set(hashes)), 900):
+                out.update(conn.execute(select(generated.c.content_hash, generated.c.text).where(
+                    generated.c.task == task, generated.c.model == model, generated.c.question == question,
+                    generated.c.content_hash.in_(chunk))).all())
+        return out
+
+    def put_generated(self, task: str, model: str, question: str, items: Mapping[str, str]) -> None:
+        now = time.time()
+        with self.engine.begin() as conn:
+            for chunk in _chunks(sorted(items), 900):
+                conn.execute(delete(generated).where(
+                    generated.c.task == task, generated.c.model == model, generated.c.question == question,
+                    generated.c.content_hash.in_(chunk)))
+                conn.execute(insert(generated), [dict(content_hash=h, task=task, model=model, question=question,
+                                                      text=items[h], created_at=now) for h in chunk])
+
+    def set_caption_model(self, collection_id: int, model: str | None) -> None:
+        """The model whose captions are the collection's searchable generated text; another model
+        replaces them (they are generated again)."""
+        with self.engine.begin() as conn:
+            old = conn.execute(select(collections.c.caption_model).where(collections.c.id == collection_id)).scalar()
+            if old == model:
+                return
+            conn.execute(update(collections).where(collections.c.id == collection_id).values(caption_model=model))
+            ids = [int(i) for i in conn.execute(select(texts.c.image_id).where(
+                texts.c.collection_id == collection_id, texts.c.field == "generated")).scalars()]
+            conn.execute(delete(texts).where(texts.c.collection_id == collection_id, texts.c.field == "generated"))
+            _refresh_docs(conn, ids)
+
+    def images_without_generated(self, collection_id: int) -> list[ImageRecord]:
+        """Images that have no searchable generated caption yet."""
+        has = select(texts.c.image_id).where(texts.c.collection_id == collection_id, texts.c.field == "generated",
+                                             texts.c.image_id.is_not(None))
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(*_IMAGE_COLS).where(images.c.collection_id == collection_id,
+                                                           images.c.id.not_in(has)).order_by(images.c.id))
+            return [ImageRecord(**r._mapping) for r in rows]
+
+    def write_generated(self, collection_id: int, captions: Mapping[int, str],
+                        vectors: Mapping[str, np.ndarray]) -> None:
+        """Make these generated captions searchable: text rows with vectors (``vectors`` by
+        :func:`text_hash`), and the images' keyword documents."""
+        with self.engine.begin() as conn:
+            seq = self._next_seq(conn, collection_id)
+            live = set()
+            for chunk in _chunks(sorted(captions), 900):  # images removed meanwhile are skipped
+                live |= {int(i) for i in conn.execute(select(images.c.id).where(images.c.id.in_(chunk))).scalars()}
+            wanted = [(i, "generated", captions[i]) for i in sorted(live)]
+            _sync_texts(conn, collection_id, seq, "image_id", wanted, vectors)
+            _refresh_docs(conn, sorted(live))
+
+    def replace_tags(self, collection_id: int, rows: Sequence[tuple[int, str, float]]) -> None:
+        """Replace the collection's zero-shot tags with ``(image id, label, probability)`` rows."""
+        with self.engine.begin() as conn:
+            old = [int(i) for i in conn.execute(select(tags.c.image_id).where(
+                tags.c.collection_id == collection_id).distinct()).scalars()]
+            conn.execute(delete(tags).where(tags.c.collection_id == collection_id))
+            if rows:
+                conn.execute(insert(tags), [dict(collection_id=collection_id, image_id=i, label=lab,
+                                                 label_norm=lab.casefold().strip(), score=sc) for i, lab, sc in rows])
+            _refresh_docs(conn, sorted(set(old) | {i for i, _, _ in rows}))
+
+    def all_images(self, collection_id: int) -> list[ImageRecord]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(*_IMAGE_COLS).where(images.c.collection_id == collection_id)
+                                .order_by(images.c.id))
+            return [ImageRecord(**r._mapping) for r in rows]
 
     # -- filters and keywords ---------------------------------------------------------------
     def filtered_ids(self, collection_id: int, condition: ColumnElement) -> np.ndarray:
@@ -929,6 +1052,31 @@ def _sync_texts(conn: Connection, cid: int, seq: int, owner: str, wanted: Sequen
         conn.execute(insert(texts), rows)
 
 
+def _forget_derived(conn: Connection, image_ids: Sequence[int]) -> None:
+    """Drop what was derived from these images' old content: generated captions and tags."""
+    for chunk in _chunks(list(image_ids), 900):
+        conn.execute(delete(texts).where(texts.c.image_id.in_(chunk), texts.c.field == "generated"))
+        conn.execute(delete(tags).where(tags.c.image_id.in_(chunk)))
+
+
+def _tags_of(conn: Connection, ids: Sequence[int]) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {}
+    for chunk in _chunks(list(ids), 900):
+        for image_id, label in conn.execute(select(tags.c.image_id, tags.c.label).where(tags.c.image_id.in_(chunk))
+                                            .order_by(tags.c.image_id, tags.c.score.desc())):
+            out.setdefault(int(image_id), []).append(label)
+    return out
+
+
+def _generated_of(conn: Connection, ids: Sequence[int]) -> dict[int, str]:
+    out: dict[int, str] = {}
+    for chunk in _chunks(list(ids), 900):
+        for image_id, text in conn.execute(select(texts.c.image_id, texts.c.text).where(
+                texts.c.image_id.in_(chunk), texts.c.field == "generated")):
+            out[int(image_id)] = text
+    return out
+
+
 def _linked_images(conn: Connection, product_ids: Sequence[int]) -> list[int]:
     out: list[int] = []
     for chunk in _chunks(list(product_ids), 900):
@@ -949,6 +1097,10 @@ def _refresh_docs(conn: Connection, image_ids: Sequence[int]) -> None:
                                                   for i in chunk}
         for image_id, values in attrs.items():
             words[image_id]["attrs"] += [v for vs in values.values() for v in vs]
+        for image_id, labels in _tags_of(conn, chunk).items():
+            words[image_id]["attrs"] += labels
+        for image_id, text in _generated_of(conn, chunk).items():
+            words[image_id]["caption"].append(text)
         links = conn.execute(select(product_images.c.image_id, products.c.id, products.c.title,
                                     products.c.description, products.c.caption)
                              .join(products, products.c.id == product_images.c.product_id)
@@ -1023,6 +1175,14 @@ def filter_condition(node) -> ColumnElement:
         cond = and_(column.is_not(None), _compare(casefold(column), node.op, _norm(node.value)))
         return images.c.id.in_(select(product_images.c.image_id).join(
             products, products.c.id == product_images.c.product_id).where(cond, product_images.c.image_id.is_not(None)))
+    if field_name == "tag" and not (isinstance(node.value, float) and node.op != "~"):
+        tagged = select(tags.c.id).where(tags.c.image_id == images.c.id,
+                                         _compare(tags.c.label_norm, node.op, _norm(node.value))).correlate(images)
+        return or_(tagged.exists(), _attribute_condition(node, field_name))
+    return _attribute_condition(node, field_name)
+
+
+def _attribute_condition(node, field_name: str) -> ColumnElement:
     owned = or_(attributes.c.image_id == images.c.id, attributes.c.product_id.in_(
         select(product_images.c.product_id).where(product_images.c.image_id == images.c.id).correlate(images)))
     if isinstance(node.value, float) and node.op != "~":

