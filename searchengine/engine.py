@@ -422,7 +422,7 @@ class SearchEngine:
             if exhausted or (len(hits) >= k and not everything):
                 break
             n *= 4
-        return _by_date(hits if everything else hits[:k]) if sort == "date" else hits[:k]
+        return (_by_date(hits if everything else hits[:k]) if sort == "date" else hits)[:k]
 
     def _reranked(self, text, image, query, vector, filters, k, mode, keyword_weight, min_score, sort, dedup, group,
                   rerank, rerank_top, caption, ask) -> list[Hit]:

@@ -30,7 +30,7 @@ __all__ = ["Reranker", "load_reranker", "rerank_spec", "caption_spec", "vqa_spec
 
 #: The in-house ITM reranker trained by ``searchengine train --itm`` and shipped with the package.
 ITM_PRESET = "itm"
-ITM_PRESET_DIR = Path(__file__).parent / "models" / "itm"
+ITM_PRESET_DIR = Path(__file__).parent / "models" / "itm_lite"
 DEFAULT_CAPTION_MODEL = "Salesforce/blip-image-captioning-base"
 DEFAULT_VQA_MODEL = "Salesforce/blip-vqa-base"
 
@@ -63,6 +63,12 @@ def load_reranker(spec: str | None = None, device: str = "auto") -> Reranker:
 
     spec = rerank_spec(spec)
     if spec == ITM_PRESET:
+        if not is_itm_dir(ITM_PRESET_DIR):
+            from .errors import ModelLoadError
+
+            raise ModelLoadError("this installation ships no trained reranker; pass --rerank-model: a folder from "
+                                 "`searchengine train --itm`, or a BLIP ITM model (a Hugging Face id such as "
+                                 "Salesforce/blip-itm-base-coco, or a save_pretrained folder)")
         return load_itm(str(ITM_PRESET_DIR), device)
     folder = Path(spec[len("local-dir:"):] if spec.startswith("local-dir:") else spec).expanduser()
     if is_itm_dir(folder):

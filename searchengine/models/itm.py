@@ -50,14 +50,9 @@ class ItmConfig:
 
     @classmethod
     def from_json(cls, path: Path) -> "ItmConfig":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ModelLoadError(f"cannot read the ITM model config {path}: {exc}") from exc
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown or data.get("kind") != "itm":
-            raise ModelLoadError(f"{path} is not an ITM model config (unknown keys {sorted(unknown)})")
-        return cls(**data)
+        from .lite import read_config
+
+        return read_config(cls, path, "itm")
 
 
 class _Block(torch.nn.Module):

@@ -48,14 +48,19 @@ class LiteConfig:
 
     @classmethod
     def from_json(cls, path: Path) -> "LiteConfig":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ModelLoadError(f"cannot read the lite model config {path}: {exc}") from exc
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown or data.get("kind") != "lite":
-            raise ModelLoadError(f"{path} is not a lite model config (unknown keys {sorted(unknown)})")
-        return cls(**data)
+        return read_config(cls, path, "lite")
+
+
+def read_config(cls: Any, path: Path, kind: str) -> Any:
+    """A config dataclass from its JSON file, refused unless its ``kind`` matches and every key is known."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"cannot read the {kind} model config {path}: {exc}") from exc
+    unknown = set(data) - set(cls.__dataclass_fields__)
+    if unknown or data.get("kind") != kind:
+        raise ModelLoadError(f"{path} is not a {kind} model config (unknown keys {sorted(unknown)})")
+    return cls(**data)
 
 
 def is_lite_dir(path: Path) -> bool:
