@@ -247,7 +247,7 @@ def _m002_texts_and_catalogs(conn: Connection) -> None:
         conn.execute(update(images).where(images.c.id == image_id).values(ext=file_type(path)))
     metadata.create_all(conn, tables=[products, product_images, attributes, texts])
     keyword.create_schema(conn)
-    _refresh_docs(conn, [int(i) for i in conn.execute(select(images.c.id)).scalars()])
+    _refresh_docs(conn, [int(i) for i in conn.execute(select(images.c.id)).scalars()], derived=False)
 
 
 def _m003_generated_and_tags(conn: Connection) -> None:
@@ -1085,8 +1085,9 @@ def _linked_images(conn: Connection, product_ids: Sequence[int]) -> list[int]:
     return out
 
 
-def _refresh_docs(conn: Connection, image_ids: Sequence[int]) -> None:
-    """Rebuild the keyword documents of these images from their rows, attributes and products."""
+def _refresh_docs(conn: Connection, image_ids: Sequence[int], derived: bool = True) -> None:
+    """Rebuild the keyword documents of these images from their rows, attributes and products, and
+    (``derived``; their tables exist from schema version 3) their tags and generated captions."""
     from .keyword import Doc
 
     for chunk in _chunks(sorted(set(image_ids)), 500):
@@ -1097,9 +1098,9 @@ def _refresh_docs(conn: Connection, image_ids: Sequence[int]) -> None:
                                                   for i in chunk}
         for image_id, values in attrs.items():
             words[image_id]["attrs"] += [v for vs in values.values() for v in vs]
-        for image_id, labels in _tags_of(conn, chunk).items():
+        for image_id, labels in (_tags_of(conn, chunk) if derived else {}).items():
             words[image_id]["attrs"] += labels
-        for image_id, text in _generated_of(conn, chunk).items():
+        for image_id, text in (_generated_of(conn, chunk) if derived else {}).items():
             words[image_id]["caption"].append(text)
         links = conn.execute(select(product_images.c.image_id, products.c.id, products.c.title,
                                     products.c.description, products.c.caption)

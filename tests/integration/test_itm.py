@@ -4,8 +4,6 @@ feature cache."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -22,7 +20,7 @@ pytestmark = pytest.mark.slow
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("itm")
     pairs = []
-    for n, name in enumerate(COLORS):
+    for name in COLORS:
         for shade in range(2):
             path = color_image(root / "pics" / f"{name}-{shade}.png", name, size=(40 + 8 * shade, 32))
             pairs.append(Pair(path, (f"a {name} square",), group=f"{name}-{shade}"))

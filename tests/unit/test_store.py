@@ -133,13 +133,17 @@ def test_a_version_1_store_is_migrated_with_its_rows_kept(tmp_path):
                      {"v": pack_vectors(np.ones((1, 4), np.float32))[0]})
     engine.dispose()
     migrated = Store(url)
-    assert migrated.schema_version() == SCHEMA_VERSION == 2
+    assert migrated.schema_version() == SCHEMA_VERSION == 3
     rec = migrated.require_collection("c")
     assert rec.text_index_seq == 0 and rec.ocr == 0
     row = migrated.images_by_ids(rec.id, [7])[7]
     assert row.path == "/photos/Eiffel_Tower.JPEG" and row.caption is None and row.source == "folder"
     assert migrated.filtered_ids(rec.id, _where("type = jpg")).tolist() == [7]
     assert [i for i, _ in migrated.keyword_search(rec.id, "eiffel", 5)] == [7]  # file names are keyword-searchable
+    assert rec.caption_model is None  # version 3: tags and generated captions work on the migrated rows
+    migrated.replace_tags(rec.id, [(7, "Landmark", 0.9)])
+    assert migrated.filtered_ids(rec.id, _where("tag = landmark")).tolist() == [7]
+    assert [i for i, _ in migrated.keyword_search(rec.id, "landmark", 5)] == [7]
     migrated.close()
 
 
