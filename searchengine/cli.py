@@ -303,8 +303,8 @@ def search(
                                                                         "to rescore.")] = 20,
     rerank_model: Annotated[Optional[str], typer.Option(
         "--rerank-model", envvar="SEARCHENGINE_RERANK_MODEL", show_default=False,
-        help="--rerank: itm (the shipped in-house model), a folder from `train --itm`, or a BLIP ITM model "
-             "(Hugging Face id or save_pretrained folder) [default: itm].")] = None,
+        help="--rerank: a folder from `train --itm`, or a BLIP ITM model (Hugging Face id or save_pretrained "
+             "folder) [default: itm, the in-house model when the package ships one].")] = None,
     caption: Annotated[bool, typer.Option("--caption", help="Caption each hit (BLIP; cached).")] = False,
     caption_model: Annotated[Optional[str], typer.Option(
         "--caption-model", envvar="SEARCHENGINE_CAPTION_MODEL", show_default=False,

@@ -204,10 +204,9 @@ class LiteItmReranker:
     def rank(self, query: str, candidates: Sequence[tuple[int, ImageLike]],
              top_k: int | None = None) -> list[tuple[int, float]]:
         """Candidates ``(id, image or path)`` by match probability with ``query``, best first."""
-        probs = self.score(query, [image for _, image in candidates])
-        order = sorted(range(len(candidates)), key=lambda i: -probs[i])  # stable: ties keep input order
-        ranked = [(int(candidates[i][0]), float(probs[i])) for i in order]
-        return ranked if top_k is None else ranked[:top_k]
+        from .vlm import rank_by_scores
+
+        return rank_by_scores(candidates, self.score(query, [image for _, image in candidates]), top_k)
 
 
 def _file_key(image: ImageLike) -> tuple | None:

@@ -114,9 +114,7 @@ class BlipMatcher(_BlipModel):
         _require_text(query, "query")
         if len(candidates) == 0:
             return []
-        probs = self.score(query, [image for _, image in candidates])
-        order = np.argsort(-probs, kind="stable")[:top_k]
-        return [(int(candidates[i][0]), float(probs[i])) for i in order]
+        return rank_by_scores(candidates, self.score(query, [image for _, image in candidates]), top_k)
 
 
 class BlipCaptioner(_BlipModel):
@@ -256,6 +254,13 @@ def _load(source: str, spec: str, task: str, device: str) -> tuple[Any, Any]:
         raise ModelLoadError(f"{spec!r} lacks {len(missing)} weights of a BLIP {task} model (e.g. {missing[0]}); "
                              f"{_hint(task)}")
     return model.to(device).eval(), processor
+
+
+def rank_by_scores(candidates: Sequence[tuple[int, Any]], scores: np.ndarray,
+                   top_k: int | None = None) -> list[tuple[int, float]]:
+    """``(id, score)`` of the candidates, best first (ties keep input order), cut to ``top_k``."""
+    order = np.argsort(-np.asarray(scores), kind="stable")[:top_k]
+    return [(int(candidates[i][0]), float(scores[i])) for i in order]
 
 
 def _require_text(text: str, what: str) -> None:
