@@ -82,6 +82,19 @@ class TrainReport:
         return asdict(self)
 
 
+def one_cycle(opt: Any, lr: float, steps: int) -> Any:
+    """A one-cycle schedule over ``steps`` with about 10% warm-up.
+
+    torch's OneCycleLR divides by zero when the warm-up phase ends exactly on step 0 (10 steps at 10%)
+    or fills every step, which short refits hit; the warm-up is kept at two steps or more, below all.
+    """
+    import torch
+
+    steps = max(int(steps), 1)
+    pct = max(0.1, 2.0 / steps) if steps >= 4 else 0.25
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=pct)
+
+
 def info_nce(image: "Any", text: "Any", logit_scale: "Any") -> "Any":
     """Symmetric cross-entropy over the batch's image-text similarity matrix (CLIP's loss)."""
     import torch
@@ -187,7 +200,7 @@ def _epochs(params: list, step: Callable[[np.ndarray, list[str]], Any], evaluate
     opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim > 0]},
                              {"params": scale, "weight_decay": 0.0}], lr=opts.lr, weight_decay=opts.weight_decay)
     steps = opts.epochs * math.ceil(len(train.img) / opts.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=opts.lr, total_steps=max(steps, 1), pct_start=0.1)
+    sched = one_cycle(opt, opts.lr, steps)
     rng = np.random.default_rng(opts.seed)
     best, best_score = snapshot(), -1.0
     for epoch in range(1, opts.epochs + 1):

@@ -287,6 +287,8 @@ def train_itm(pairs: Sequence[Pair], *, out: Path, base: str = "lite", options: 
 def _fit(head, model, train: _Split, val: _Split, opts: ItmOptions, report: ItmReport, on_epoch, best) -> None:
     import torch
 
+    from .train import one_cycle
+
     sims = (train.text_vecs @ train.image_vecs.T).numpy()
     neg_images = _hard_negatives(sims, train.positives, opts.negatives_from)
     own_captions = [set(np.flatnonzero(train.owner == j).tolist()) | {t for t, pos in enumerate(train.positives)
@@ -295,7 +297,7 @@ def _fit(head, model, train: _Split, val: _Split, opts: ItmOptions, report: ItmR
     neg_texts = _hard_negatives(sims.T, own_captions, opts.negatives_from)
     opt = torch.optim.AdamW(head.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     steps = opts.epochs * math.ceil(len(train.owner) / opts.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=opts.lr, total_steps=max(steps, 1), pct_start=0.1)
+    sched = one_cycle(opt, opts.lr, steps)
     rng = np.random.default_rng(opts.seed)
     best_score = report.recall_at_1
     head.train()

@@ -10,7 +10,7 @@ import pytest
 from searchengine.datasets import Pair
 from searchengine.errors import ConfigError
 from searchengine.models.clip import load_encoder
-from searchengine.train import TrainOptions, info_nce, retrieval_recall, train
+from searchengine.train import TrainOptions, info_nce, one_cycle, retrieval_recall, train
 from tests import imagegen
 
 WORDS = ["apple", "boat", "car", "dog", "egg", "fish", "goat", "hat", "ink", "jar", "kite", "lamp"]
@@ -33,6 +33,21 @@ def test_info_nce_and_recall_helpers():
     assert float(info_nce(eye, eye.flip(0), torch.tensor(np.log(100.0)))) > 10
     t2i, i2t = retrieval_recall(np.eye(3), np.eye(3), np.arange(3), np.arange(3), (1,))
     assert t2i == i2t == {1: 1.0}
+
+
+def test_one_cycle_schedule_for_any_step_count():
+    """OneCycleLR at 10% warm-up divides by zero for 10 steps (a refit of 5 epochs x 2 batches hit it)."""
+    import torch
+
+    for steps in range(0, 60):
+        opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+        sched = one_cycle(opt, 1e-3, steps)
+        lrs = [opt.param_groups[0]["lr"]]
+        for _ in range(max(steps, 1) - 1):  # every step the schedule was built for
+            opt.step()
+            sched.step()
+            lrs.append(opt.param_groups[0]["lr"])
+        assert all(0 < lr <= 1e-3 + 1e-12 for lr in lrs), steps
 
 
 def test_open_clip_training_lowers_the_loss_and_reloads(tiny_model, pairs, tmp_path):
