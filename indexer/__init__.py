@@ -12,7 +12,7 @@ from contextlib import closing
 from typing import Iterable, Protocol
 
 from searchengine.engine import SearchEngine
-from searchengine.errors import ConfigError
+from searchengine.errors import ConfigError, VectorIndexError
 from searchengine.imaging import image_extensions
 from searchengine.store import FileErrorRecord, ImageRecord
 
@@ -21,7 +21,7 @@ from .pipeline import DecodeOptions, decode_all, iter_batches
 from .scan import ScanResult, normalize_roots, scan
 from .writer import IndexReport, Writer
 
-__all__ = ["index_folder", "import_catalog", "IndexReport", "ImportReport", "Progress", "scan", "plan", "run_files"]
+__all__ = ["index_folder", "import_catalog", "remove_paths", "IndexReport", "ImportReport", "Progress", "scan", "plan", "run_files"]
 
 
 class Progress(Protocol):
@@ -62,6 +62,7 @@ def index_folder(paths: Iterable[str | os.PathLike] | str | os.PathLike, *, engi
             engine._refresh()
         scanned = scan(roots, image_extensions())
         cid = engine.collection.id
+        engine.store.add_roots(cid, roots)
         return run_files(engine, scanned, engine.store.images_under(cid, scanned.roots),
                          engine.store.file_errors(cid, scanned.roots), retry_errors=retry_errors, progress=progress)
     finally:
@@ -111,6 +112,28 @@ def run_files(engine: SearchEngine, scanned: ScanResult, rows: list[ImageRecord]
     finally:
         if progress is not None:
             progress.close()
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def remove_paths(paths: Iterable[str | os.PathLike] | str | os.PathLike, *, engine: SearchEngine) -> IndexReport:
+    """Remove the images at or below ``paths`` (files or folders, present on disk or not) and their
+    recorded errors from the collection; the index is updated and saved. Products keep their rows."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    started = time.perf_counter()
+    roots = [os.path.abspath(os.path.expanduser(os.fspath(p))) for p in paths]
+    cid = engine.collection.id
+    ids = [r.id for r in engine.store.images_under(cid, roots)]
+    errors = [e.path for e in engine.store.file_errors(cid, roots)]
+    report = IndexReport(removed=len(ids))
+    if ids or errors:
+        engine.store.write_batch(cid, removed=ids, cleared_errors=errors)
+        try:
+            engine.index.remove(ids)
+            engine.save_index()
+        except VectorIndexError:  # an index type that cannot remove: rebuilt from the store
+            engine.rebuild_index()
     report.seconds = time.perf_counter() - started
     return report
 

@@ -117,6 +117,8 @@ def _import(engine: SearchEngine, catalog, fetch_options: FetchOptions, prune: b
         elif is_url(e.path) and e.path in local:
             known_errors[local[e.path]] = replace(e, path=local[e.path])
     scanned = _stat_files(sorted(paths))
+    # the download cache and the folders of local image files: originals are served from these only
+    store.add_roots(cid, [str(cache)] + [os.path.dirname(p) for p in paths if p not in url_of])
     report.images = run_files(engine, scanned, store.images_at(cid, local.values()), list(known_errors.values()),
                               progress=progress, source="catalog")
     report.images.errors = [replace(e, path=url_of[e.path], error=f"cannot index the image at {url_of[e.path]}: "

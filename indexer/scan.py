@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from searchengine.errors import ConfigError
+from searchengine.store import outermost
 
 from .sidecar import SIDECAR_EXTENSIONS
 
@@ -43,8 +44,7 @@ def normalize_roots(roots: Iterable[str | os.PathLike]) -> list[str]:
         if not os.path.exists(path):
             raise ConfigError(f"no such file or folder: {path}")
         out.append(path)
-    out = sorted(set(out))
-    return [r for r in out if not any(r != o and r.startswith(o.rstrip("/") + "/") for o in out)]
+    return outermost(out)
 
 
 def _displayable(path: str) -> bool:

@@ -633,3 +633,7 @@ def run() -> None:  # console-script entry point
 from .cli_stages import register as _register_stages  # noqa: E402  (needs the shared options above)
 
 _register_stages(app)
+
+from .cli_admin import register as _register_admin  # noqa: E402
+
+_register_admin(app)

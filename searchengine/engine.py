@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Sequence, Union
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Sequence, Union
 import numpy as np
 
 from .config import Settings
-from .errors import CollectionNotFoundError, ModelMismatchError, QueryError, VectorIndexError
+from .errors import CollectionNotFoundError, ModelMismatchError, NotFoundError, QueryError, VectorIndexError
 from .store import CollectionRecord, FileErrorRecord, ImageRecord, ProductRecord, Store, VectorKind
 from .vectors import VectorIndex, normalize_factory
 
@@ -171,6 +172,7 @@ class SearchEngine:
         self._encoder_checked = False
         self._text_index: VectorIndex | None = None
         self._stages: dict[tuple[str, str], Any] = {}  # loaded rerankers, captioners, answerers
+        self._load_lock = threading.RLock()  # threads (the HTTP server) load each model once
         self.index = self._load_index()
 
     # -- opening --------------------------------------------------------------------------
@@ -233,14 +235,17 @@ class SearchEngine:
     @property
     def encoder(self) -> "ClipEncoder":
         """The collection's model, loaded on first use and checked against its fingerprint."""
-        if self._encoder is None:
-            from .models.clip import load_encoder
+        if self._encoder is not None and self._encoder_checked:
+            return self._encoder
+        with self._load_lock:
+            if self._encoder is None:
+                from .models.clip import load_encoder
 
-            self._encoder = load_encoder(self.collection.model_spec, self.settings.device)
-        if not self._encoder_checked:
-            self._check_encoder(self._encoder)
-            self._encoder_checked = True
-        return self._encoder
+                self._encoder = load_encoder(self.collection.model_spec, self.settings.device)
+            if not self._encoder_checked:
+                self._check_encoder(self._encoder)
+                self._encoder_checked = True
+            return self._encoder
 
     def _check_encoder(self, encoder: "ClipEncoder") -> None:
         from .models.clip import fingerprint_id, probes_match
@@ -448,9 +453,10 @@ class SearchEngine:
 
     # -- looking closer: rerankers, captions, answers, zero-shot ----------------------------
     def _stage(self, task: str, spec: str, load: Any) -> Any:
-        if (task, spec) not in self._stages:
-            self._stages[(task, spec)] = load(spec, self.settings.device)
-        return self._stages[(task, spec)]
+        with self._load_lock:
+            if (task, spec) not in self._stages:
+                self._stages[(task, spec)] = load(spec, self.settings.device)
+            return self._stages[(task, spec)]
 
     def reranker(self, spec: str | None = None) -> "Reranker":
         """A reranker (loaded once per engine): see :func:`searchengine.stages.load_reranker`."""
@@ -547,14 +553,32 @@ class SearchEngine:
         """Images ranked by inner product with an L2-normalised vector of the collection's model."""
         return self.search(vector=vector, k=k, **options)
 
+    def image(self, image_id: int) -> Hit:
+        """One image with everything stored about it (score 1.0); NotFoundError when it is gone."""
+        hits = self._hits([(int(image_id), 1.0)], group=False)
+        if not hits:
+            raise NotFoundError(f"no image with id {image_id} in collection {self.collection.name!r}")
+        return hits[0]
+
+    def image_vector(self, image_id: int) -> np.ndarray:
+        """The stored vector of an indexed image."""
+        self.image(image_id)
+        return self.store.vectors_for(self.collection.id, [int(image_id)])[0]
+
+    def similar(self, image_id: int, k: int = 10, **options: Any) -> list[Hit]:
+        """Images most like the indexed image ``image_id`` (itself left out); ``options`` as :meth:`search`."""
+        hits = self.search(vector=self.image_vector(image_id), k=k + 1, **options)
+        return [h for h in hits if h.id != int(image_id)][:k]
+
     def search_texts(self, text: str | None = None, image: ImageQuery | None = None, *, k: int = 10,
-                     field: str | None = None) -> list[TextHit]:
-        """Captions and product titles for an image (image->text) or a text (text->text), best first."""
+                     field: str | None = None, vector: np.ndarray | None = None) -> list[TextHit]:
+        """Captions and product titles for an image (image->text), a text (text->text) or a vector, best first."""
         if k < 1:
             raise QueryError("k must be at least 1")
-        if (text is None) == (image is None):
-            raise QueryError("give either a text or an image")
-        qvec = self._text_vector(text) if text is not None else self._image_vector(image)
+        if sum(x is not None for x in (text, image, vector)) != 1:
+            raise QueryError("give one of a text, an image or a vector")
+        qvec = (self._text_vector(text) if text is not None else self._image_vector(image) if image is not None
+                else _normalized(np.asarray(vector, np.float32)))
         n = k if field is None else 4 * k
         while True:
             scores, ids = self.text_index.search(qvec.reshape(1, -1), n + 8)

@@ -13,6 +13,7 @@ Library code raises these; only the CLI turns them into messages and exit codes
     ├── VectorIndexError       faiss index cannot be built, trained, loaded or saved
     ├── ImageDecodeError       one file cannot be decoded safely (a per-file error)
     └── QueryError             a query that cannot be run (empty text, unreadable image)
+        └── NotFoundError      an id that names no live image
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "VectorIndexError",
     "ImageDecodeError",
     "QueryError",
+    "NotFoundError",
 ]
 
 
@@ -72,6 +74,10 @@ class ImageDecodeError(SearchEngineError):
 
 class QueryError(SearchEngineError):
     """A query that cannot be run."""
+
+
+class NotFoundError(QueryError):
+    """An image id that names nothing live in the collection."""
 
 
 class DownloadError(SearchEngineError):

@@ -35,6 +35,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    literal,
     or_,
     select,
     update,
@@ -220,7 +221,24 @@ tags = Table(
     Index("ix_tags_image", "image_id"),
 )
 
+#: Version 4: the folders a collection's files were indexed from. Originals and thumbnails are
+#: served only when the file's resolved real path lies inside one of them.
+roots = Table(
+    "roots", metadata,
+    Column("id", BigInt, primary_key=True),
+    Column("collection_id", Integer, ForeignKey("collections.id", ondelete="CASCADE"), nullable=False),
+    Column("path", Text, nullable=False),
+    Column("added_at", Float, nullable=False),
+    UniqueConstraint("collection_id", "path", name="uq_roots_path"),
+)
+
 _VECTOR_TABLES = {"images": images, "texts": texts}
+
+
+def outermost(paths: Iterable[str]) -> list[str]:
+    """The paths that are not below another of them, sorted."""
+    out = sorted(set(paths))
+    return [p for p in out if not any(p != o and p.startswith(o.rstrip("/") + "/") for o in out)]
 
 
 def _m001_initial(conn: Connection) -> None:
@@ -255,8 +273,20 @@ def _m003_generated_and_tags(conn: Connection) -> None:
     metadata.create_all(conn, tables=[generated, tags])
 
 
+def _m004_roots(conn: Connection) -> None:
+    """Existing collections get their images' folders as roots (inside the roots they were indexed from)."""
+    metadata.create_all(conn, tables=[roots])
+    by_collection: dict[int, set[str]] = {}
+    for cid, path in conn.execute(select(images.c.collection_id, images.c.path)).all():
+        by_collection.setdefault(int(cid), set()).add(os.path.dirname(path))
+    now = time.time()
+    for cid, folders in by_collection.items():
+        conn.execute(insert(roots), [dict(collection_id=cid, path=p, added_at=now) for p in outermost(folders)])
+
+
 #: Numbered migrations: ``MIGRATIONS[i]`` takes the schema from version ``i`` to ``i + 1``.
-MIGRATIONS: list[Callable[[Connection], None]] = [_m001_initial, _m002_texts_and_catalogs, _m003_generated_and_tags]
+MIGRATIONS: list[Callable[[Connection], None]] = [_m001_initial, _m002_texts_and_catalogs, _m003_generated_and_tags,
+                                                  _m004_roots]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -857,6 +887,23 @@ class Store:
                 have += [t for t in labels if t not in have]
         return out
 
+    def facets(self, collection_id: int, per_key: int = 50) -> dict[str, list[tuple[str, int]]]:
+        """Each attribute (and ``tag``) with its most frequent values and their row counts, for filter menus."""
+        key_col, value_col = attributes.c.key, func.min(attributes.c.value)
+        counted = [select(key_col.label("k"), value_col.label("v"), func.count().label("n"))
+                   .where(attributes.c.collection_id == collection_id)
+                   .group_by(attributes.c.key, attributes.c.value_norm),
+                   select(literal("tag").label("k"), func.min(tags.c.label).label("v"), func.count().label("n"))
+                   .where(tags.c.collection_id == collection_id).group_by(tags.c.label_norm)]
+        out: dict[str, dict[str, list]] = {}
+        with self.engine.connect() as conn:
+            for query in counted:
+                for k, v, n in conn.execute(query):
+                    entry = out.setdefault(str(k), {}).setdefault(str(v).casefold(), [str(v), 0])
+                    entry[1] += int(n)
+        return {k: sorted(((v, n) for v, n in vs.values()), key=lambda x: (-x[1], x[0]))[:per_key]
+                for k, vs in sorted(out.items())}
+
     def image_links(self, collection_id: int, catalog: str) -> dict[str, int]:
         """ref -> image id of the images the products of ``catalog`` use."""
         with self.engine.connect() as conn:
@@ -959,6 +1006,20 @@ class Store:
                 conn.execute(insert(tags), [dict(collection_id=collection_id, image_id=i, label=lab,
                                                  label_norm=lab.casefold().strip(), score=sc) for i, lab, sc in rows])
             _refresh_docs(conn, sorted(set(old) | {i for i, _, _ in rows}))
+
+    def add_roots(self, collection_id: int, paths: Iterable[str]) -> None:
+        """Record folders (or single files) this collection's images come from; known ones are kept."""
+        new = outermost(os.path.abspath(p) for p in paths)
+        with self.engine.begin() as conn:
+            have = set(conn.execute(select(roots.c.path).where(roots.c.collection_id == collection_id)).scalars())
+            todo = [p for p in new if p not in have and p in outermost(have | {p})]  # not inside a known root
+            if todo:
+                now = time.time()
+                conn.execute(insert(roots), [dict(collection_id=collection_id, path=p, added_at=now) for p in todo])
+
+    def roots(self, collection_id: int) -> list[str]:
+        with self.engine.connect() as conn:
+            return sorted(conn.execute(select(roots.c.path).where(roots.c.collection_id == collection_id)).scalars())
 
     def all_images(self, collection_id: int) -> list[ImageRecord]:
         with self.engine.connect() as conn:

@@ -133,7 +133,7 @@ def test_a_version_1_store_is_migrated_with_its_rows_kept(tmp_path):
                      {"v": pack_vectors(np.ones((1, 4), np.float32))[0]})
     engine.dispose()
     migrated = Store(url)
-    assert migrated.schema_version() == SCHEMA_VERSION == 3
+    assert migrated.schema_version() == SCHEMA_VERSION == 4
     rec = migrated.require_collection("c")
     assert rec.text_index_seq == 0 and rec.ocr == 0
     row = migrated.images_by_ids(rec.id, [7])[7]
@@ -144,6 +144,9 @@ def test_a_version_1_store_is_migrated_with_its_rows_kept(tmp_path):
     migrated.replace_tags(rec.id, [(7, "Landmark", 0.9)])
     assert migrated.filtered_ids(rec.id, _where("tag = landmark")).tolist() == [7]
     assert [i for i, _ in migrated.keyword_search(rec.id, "landmark", 5)] == [7]
+    assert migrated.roots(rec.id) == ["/photos"]  # version 4: the folders of the images it holds
+    migrated.add_roots(rec.id, ["/photos/2024", "/more"])  # a folder inside a known root adds nothing
+    assert migrated.roots(rec.id) == ["/more", "/photos"]
     migrated.close()
 
 

@@ -1,0 +1,70 @@
+"""Thumbnails and originals, by image id only.
+
+Both read the file only when its resolved real path lies inside one of the collection's roots
+(the folders it was indexed from, a catalog's download cache and image folders). Thumbnails are
+decoded with the indexer's limits, written once per content and size (atomically), and served
+as JPEG. Originals are served with a type sniffed from their bytes, never SVG, with
+``X-Content-Type-Options: nosniff``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from ..errors import ImageDecodeError, NotFoundError
+from ..imaging import safe_open
+
+__all__ = ["thumbnail_file", "original_file", "SERVED_TYPES"]
+
+#: Pillow format -> the MIME type an original is served with; anything else is refused.
+SERVED_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif",
+                "BMP": "image/bmp", "TIFF": "image/tiff"}
+
+
+def thumbnail_file(engine, image_id: int, size: int) -> Path:
+    """The cached JPEG thumbnail (longest side ``size``) of an image, made on first request."""
+    from .security import contained_file
+
+    hit = engine.image(image_id)
+    rec = engine.store.images_by_ids(engine.collection.id, [image_id])[image_id]
+    folder = engine.settings.collection_dir / "thumbs" / rec.content_hash[:2]
+    target = folder / f"{rec.content_hash}-{size}.jpg"
+    real = contained_file(hit.path, engine.store.roots(engine.collection.id))
+    if real is None:
+        raise NotFoundError(f"image {image_id} is not readable inside the collection's folders")
+    if target.is_file():
+        return target
+    image = safe_open(real, max_pixels=engine.settings.max_pixels, draft_size=size)
+    image.thumbnail((size, size))
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fp:
+            image.save(fp, "JPEG", quality=85, optimize=True)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def original_file(engine, image_id: int) -> tuple[str, str]:
+    """(resolved path, MIME type) of an image's original file."""
+    from PIL import Image, UnidentifiedImageError
+
+    from .security import contained_file
+
+    hit = engine.image(image_id)
+    real = contained_file(hit.path, engine.store.roots(engine.collection.id))
+    if real is None or real.lower().endswith((".svg", ".svgz")):
+        raise NotFoundError(f"image {image_id} is not readable inside the collection's folders")
+    try:
+        with Image.open(real) as im:  # the header only: the type comes from the bytes, not the name
+            kind = SERVED_TYPES.get(im.format or "")
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        raise ImageDecodeError(f"image {image_id} cannot be read: {exc}") from exc
+    if kind is None:
+        raise NotFoundError(f"image {image_id} is not of a type served as an original")
+    return real, kind
