@@ -72,6 +72,7 @@ def serve(
             max_upload_bytes=int(max_upload_mb * 1024 * 1024), rate_per_minute=rate_limit,
             vqa=bool(vqa_model) or None, caption=bool(caption_model) or None, rerank=bool(rerank_model) or None)
         settings = Settings.from_env(collection=collection, data_dir=data_dir, db_url=db, device=device)
+        config.check_bind()
         typer.echo(f"Serving collection {collection!r} on http://{host}:{port}/ (API docs at /api/docs)", err=True)
         run_server(settings, config, model=model, log_level="info" if verbose else "warning")
 

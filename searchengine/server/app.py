@@ -26,6 +26,7 @@ __all__ = ["create_app"]
 
 STATIC = Path(__file__).parent / "static"
 NOSNIFF = {"X-Content-Type-Options": "nosniff"}
+MAX_ID = 2**62  # image ids are SQL bigints
 #: library errors -> HTTP status (the first matching class wins)
 STATUS: list[tuple[type, int]] = [
     (E.NotFoundError, 404), (E.CollectionNotFoundError, 404), (E.ImageDecodeError, 422), (E.QueryError, 400),
@@ -142,7 +143,7 @@ def _check(config: ServerConfig, *, k: int | None = None, text: str | None = Non
 
 def _image_id(raw: str) -> int:
     """Image ids in paths are plain integers; anything else (``..``, a path) names no image."""
-    if not raw.isdigit() or len(raw) > 18:
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
         raise E.NotFoundError(f"no image with id {raw!r}")
     return int(raw)
 
@@ -222,7 +223,7 @@ def _routes_search(app: FastAPI) -> None:
 
     @app.post("/api/search/image", tags=["search"], dependencies=[Read])
     def search_image(request: Request, file: Annotated[Optional[UploadFile], File()] = None,
-                     id: Annotated[Optional[int], Form(ge=0)] = None,
+                     id: Annotated[Optional[int], Form(ge=0, le=MAX_ID)] = None,
                      q: Annotated[Optional[str], Form(max_length=4000)] = None,
                      k: Annotated[int, Form(ge=1, le=1000)] = 10,
                      filter: Annotated[Optional[str], Form(max_length=4000)] = None,
@@ -237,7 +238,7 @@ def _routes_search(app: FastAPI) -> None:
 
     @app.post("/api/image-to-text", tags=["search"], dependencies=[Read])
     def image_to_text(request: Request, file: Annotated[Optional[UploadFile], File()] = None,
-                      id: Annotated[Optional[int], Form(ge=0)] = None,
+                      id: Annotated[Optional[int], Form(ge=0, le=MAX_ID)] = None,
                       k: Annotated[int, Form(ge=1, le=1000)] = 10) -> dict[str, Any]:
         """Captions and product titles that fit an uploaded or indexed image."""
         _check(request.app.state.config, k=k)
@@ -251,7 +252,7 @@ def _routes_search(app: FastAPI) -> None:
     @app.post("/api/classify", tags=["zero-shot"], dependencies=[Read])
     def classify(request: Request, labels: Annotated[str, Form(min_length=1, max_length=4000)],
                  file: Annotated[Optional[UploadFile], File()] = None,
-                 id: Annotated[Optional[int], Form(ge=0)] = None) -> dict[str, Any]:
+                 id: Annotated[Optional[int], Form(ge=0, le=MAX_ID)] = None) -> dict[str, Any]:
         """Zero-shot label probabilities (relative: they sum to 1 over the labels, not calibrated)."""
         names = [x.strip() for x in labels.split(",") if x.strip()]
         if not 2 <= len(names) <= request.app.state.config.max_labels:

@@ -163,3 +163,9 @@ def test_originals_outside_every_root_after_a_root_is_forgotten(client, tmp_path
     with SearchEngine.open("c") as engine:
         roots = engine.store.roots(engine.collection.id)
     assert roots == [str(Path(tmp_path / "pics"))]
+
+
+def test_out_of_range_ids_are_refused_not_crashed(client):
+    assert client.post("/api/search/image", data={"id": str(2**70)}).status_code == 422
+    assert client.get("/api/images/" + "9" * 30).status_code == 404
+    assert client.get("/api/images/\u00b2").status_code == 404  # a superscript digit is not an id
