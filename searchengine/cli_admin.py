@@ -57,6 +57,7 @@ def serve(
     from .config import Settings
     from .server import ServerConfig
     from .server import serve as run_server
+    from .server.config import split_list
 
     _logging(verbose)
     with _errors():
@@ -66,19 +67,16 @@ def serve(
             os.environ["SEARCHENGINE_CAPTION_MODEL"] = caption_model
         if rerank_model:
             os.environ["SEARCHENGINE_RERANK_MODEL"] = rerank_model
-        origins = tuple(o.strip() for raw in cors_origin or [] for o in raw.split(",") if o.strip())
+        # stage models were put in the environment above, where from_env sees them
         config = ServerConfig.from_env(
-            host=host, port=port, read_keys=_split(read_keys), admin_keys=_split(admin_keys), cors_origins=origins,
-            max_upload_bytes=int(max_upload_mb * 1024 * 1024), rate_per_minute=rate_limit,
-            vqa=bool(vqa_model) or None, caption=bool(caption_model) or None, rerank=bool(rerank_model) or None)
+            host=host, port=port, read_keys=None if read_keys is None else split_list(read_keys),
+            admin_keys=None if admin_keys is None else split_list(admin_keys),
+            cors_origins=tuple(o for raw in cors_origin or [] for o in split_list(raw)),
+            max_upload_bytes=int(max_upload_mb * 1024 * 1024), rate_per_minute=rate_limit)
         settings = Settings.from_env(collection=collection, data_dir=data_dir, db_url=db, device=device)
         config.check_bind()
         typer.echo(f"Serving collection {collection!r} on http://{host}:{port}/ (API docs at /api/docs)", err=True)
         run_server(settings, config, model=model, log_level="info" if verbose else "warning")
-
-
-def _split(raw: Optional[str]) -> Optional[tuple[str, ...]]:
-    return None if raw is None else tuple(k.strip() for k in raw.split(",") if k.strip())
 
 
 def remove(

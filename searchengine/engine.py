@@ -562,7 +562,8 @@ class SearchEngine:
 
     def image_vector(self, image_id: int) -> np.ndarray:
         """The stored vector of an indexed image."""
-        self.image(image_id)
+        if int(image_id) not in self.store.images_by_ids(self.collection.id, [int(image_id)]):
+            raise NotFoundError(f"no image with id {image_id} in collection {self.collection.name!r}")
         return self.store.vectors_for(self.collection.id, [int(image_id)])[0]
 
     def similar(self, image_id: int, k: int = 10, **options: Any) -> list[Hit]:

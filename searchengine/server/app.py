@@ -37,7 +37,7 @@ _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API k
 
 
 def _need(level: str) -> Callable:
-    def check(request: Request, _b: Any = Depends(_bearer), _h: Any = Depends(_header)) -> str:
+    def check(request: Request, _b: Annotated[Any, Depends(_bearer)], _h: Annotated[Any, Depends(_header)]) -> str:
         config: ServerConfig = request.app.state.config
         access = access_of(config, presented_key(request.headers, request.cookies, request.method))
         if access is None or access == "none":
@@ -134,6 +134,10 @@ def _hit(hit: Hit) -> dict[str, Any]:
     return out
 
 
+def _hits_response(hits: list[Hit], started: float) -> dict[str, Any]:
+    return {"hits": [_hit(h) for h in hits], "took_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+
 def _check(config: ServerConfig, *, k: int | None = None, text: str | None = None) -> None:
     if k is not None and k > config.max_k:
         raise HTTPException(422, f"k is capped at {config.max_k}")
@@ -180,7 +184,7 @@ def _search(request: Request, p: SearchParams) -> dict[str, Any]:
         p.q, query=p.query, filters=p.filter, k=p.k, mode=p.mode, keyword_weight=p.keyword_weight,
         min_score=p.min_score, sort=p.sort, dedup=p.dedup, group=p.group, rerank=p.rerank,
         rerank_top=p.rerank_top, caption=p.caption, ask=p.ask)
-    return {"hits": [_hit(h) for h in hits], "took_ms": round((time.perf_counter() - started) * 1000, 2)}
+    return _hits_response(hits, started)
 
 
 # -- search ---------------------------------------------------------------------------------------
@@ -234,7 +238,7 @@ def _routes_search(app: FastAPI) -> None:
         image = _upload(request, file, id, engine)
         started = time.perf_counter()
         hits = engine.search(q or None, image, filters=filter, k=k, group=group)
-        return {"hits": [_hit(h) for h in hits], "took_ms": round((time.perf_counter() - started) * 1000, 2)}
+        return _hits_response(hits, started)
 
     @app.post("/api/image-to-text", tags=["search"], dependencies=[Read])
     def image_to_text(request: Request, file: Annotated[Optional[UploadFile], File()] = None,

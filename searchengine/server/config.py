@@ -8,10 +8,11 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 
-__all__ = ["ServerConfig", "is_loopback"]
+__all__ = ["ServerConfig", "is_loopback", "split_list"]
 
 
-def _keys(raw: str | None) -> tuple[str, ...]:
+def split_list(raw: str | None) -> tuple[str, ...]:
+    """``"a, b,,c"`` -> ``("a", "b", "c")``: keys and origins as the environment and CLI give them."""
     return tuple(k.strip() for k in (raw or "").split(",") if k.strip())
 
 
@@ -76,9 +77,9 @@ class ServerConfig:
     def from_env(cls, **overrides: object) -> "ServerConfig":
         """Settings from ``SEARCHENGINE_*`` variables, then ``overrides`` (``None`` values ignored)."""
         env: dict[str, object] = {
-            "read_keys": _keys(os.environ.get("SEARCHENGINE_READ_KEYS")),
-            "admin_keys": _keys(os.environ.get("SEARCHENGINE_ADMIN_KEYS")),
-            "cors_origins": _keys(os.environ.get("SEARCHENGINE_CORS_ORIGINS")),
+            "read_keys": split_list(os.environ.get("SEARCHENGINE_READ_KEYS")),
+            "admin_keys": split_list(os.environ.get("SEARCHENGINE_ADMIN_KEYS")),
+            "cors_origins": split_list(os.environ.get("SEARCHENGINE_CORS_ORIGINS")),
             "max_upload_bytes": _int("SEARCHENGINE_MAX_UPLOAD_BYTES", cls.max_upload_bytes),
             "rate_per_minute": _int("SEARCHENGINE_RATE_LIMIT", cls.rate_per_minute),
             "vqa": bool(os.environ.get("SEARCHENGINE_VQA_MODEL")),

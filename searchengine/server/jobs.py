@@ -38,7 +38,6 @@ class EngineHolder:
         self._generation: tuple | None = None
         self._checked = 0.0
         self.check_every = check_every
-        self.swaps = 0
 
     def get(self) -> SearchEngine:
         """The engine to serve a request with (CollectionNotFoundError before the first index)."""
@@ -73,9 +72,8 @@ class EngineHolder:
         record = old.store.require_collection(old.collection.name)
         new = SearchEngine(old.settings, old.store, record, old._encoder)  # the loaded model is shared
         new._encoder_checked = old._encoder_checked
-        new._stages = old._stages
+        new._stages, new._load_lock = old._stages, old._load_lock  # stages load once across swaps
         self._engine, self._generation = new, self._stamp(new)
-        self.swaps += 1
 
     @staticmethod
     def _stamp(engine: SearchEngine) -> tuple:
@@ -158,17 +156,6 @@ class JobManager:
     def all(self) -> list[Job]:
         return [self._jobs[i] for i in sorted(self._jobs, reverse=True)]
 
-    def wait(self, job_id: int, timeout: float = 60.0) -> Job:
-        """Block until the job has ended (tests and scripts)."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._jobs[job_id].state in ("queued", "running"):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"job {job_id} still {self._jobs[job_id].state}")
-                self._cond.wait(left)
-            return self._jobs[job_id]
-
     def stop(self) -> None:
         with self._cond:
             self._stopping = True
@@ -199,8 +186,6 @@ class JobManager:
             finally:
                 job.finished = time.time()
                 self.holder.reload()
-                with self._cond:
-                    self._cond.notify_all()
 
 
 def open_writer_for(holder: EngineHolder, open_new: Callable[[], SearchEngine]) -> Callable[[], SearchEngine]:

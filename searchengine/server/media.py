@@ -23,17 +23,24 @@ SERVED_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", 
                 "BMP": "image/bmp", "TIFF": "image/tiff"}
 
 
-def thumbnail_file(engine, image_id: int, size: int) -> Path:
-    """The cached JPEG thumbnail (longest side ``size``) of an image, made on first request."""
+def _located(engine, image_id: int):
+    """The image's row and its file's resolved real path, which must lie inside a root."""
     from .security import contained_file
 
-    hit = engine.image(image_id)
-    rec = engine.store.images_by_ids(engine.collection.id, [image_id])[image_id]
-    folder = engine.settings.collection_dir / "thumbs" / rec.content_hash[:2]
-    target = folder / f"{rec.content_hash}-{size}.jpg"
-    real = contained_file(hit.path, engine.store.roots(engine.collection.id))
+    rec = engine.store.images_by_ids(engine.collection.id, [image_id]).get(image_id)
+    if rec is None:
+        raise NotFoundError(f"no image with id {image_id} in collection {engine.collection.name!r}")
+    real = contained_file(rec.path, engine.store.roots(engine.collection.id))
     if real is None:
         raise NotFoundError(f"image {image_id} is not readable inside the collection's folders")
+    return rec, real
+
+
+def thumbnail_file(engine, image_id: int, size: int) -> Path:
+    """The cached JPEG thumbnail (longest side ``size``) of an image, made on first request."""
+    rec, real = _located(engine, image_id)
+    folder = engine.settings.collection_dir / "thumbs" / rec.content_hash[:2]
+    target = folder / f"{rec.content_hash}-{size}.jpg"
     if target.is_file():
         return target
     image = safe_open(real, max_pixels=engine.settings.max_pixels, draft_size=size)
@@ -54,12 +61,9 @@ def original_file(engine, image_id: int) -> tuple[str, str]:
     """(resolved path, MIME type) of an image's original file."""
     from PIL import Image, UnidentifiedImageError
 
-    from .security import contained_file
-
-    hit = engine.image(image_id)
-    real = contained_file(hit.path, engine.store.roots(engine.collection.id))
-    if real is None or real.lower().endswith((".svg", ".svgz")):
-        raise NotFoundError(f"image {image_id} is not readable inside the collection's folders")
+    _, real = _located(engine, image_id)
+    if real.lower().endswith((".svg", ".svgz")):
+        raise NotFoundError(f"image {image_id} is not of a type served as an original")
     try:
         with Image.open(real) as im:  # the header only: the type comes from the bytes, not the name
             kind = SERVED_TYPES.get(im.format or "")

@@ -7,13 +7,19 @@ cache (built on first run). Run from the repository root:
 
     python tests/benchmarks/itm_crossfit.py '{"epochs": 15, "rerank_top": 10, "out": "/tmp/itm/xf"}'
 """
-import sys, json, random, time
+import json
+import random
+import sys
+import time
 from pathlib import Path
-import numpy as np, torch
+
+import numpy as np
+import torch
+
 from searchengine.datasets import load_pairs
-from searchengine.train import train, TrainOptions
-from searchengine.train_itm import (ItmOptions, ItmReport, _split_data, _rerank_recall, _fit, ArrayCache)
 from searchengine.models.itm import CrossAttentionITM, ItmConfig, LiteItmReranker, save_itm
+from searchengine.train import TrainOptions, train
+from searchengine.train_itm import ArrayCache, ItmOptions, ItmReport, _fit, _rerank_recall, _split_data
 
 K = 5
 kw = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
