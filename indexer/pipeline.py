@@ -158,6 +158,7 @@ def _run_pool(chunks: deque, options: DecodeOptions, workers: int, window: int) 
                 chunk = chunks.popleft()
                 inflight[executor.submit(_decode_chunk, chunk)] = chunk
             done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+            alone = len(inflight) == 1  # a crash can be blamed on a task only when it ran by itself
             crashed = False
             for future in done:
                 chunk = inflight.pop(future)
@@ -165,7 +166,7 @@ def _run_pool(chunks: deque, options: DecodeOptions, workers: int, window: int) 
                     yield from future.result()
                 except BrokenProcessPool:
                     crashed = True
-                    if len(chunk) == 1 and not inflight:
+                    if len(chunk) == 1 and alone:
                         yield Decoded(chunk[0], error="the image decoder crashed on this file")
                     else:
                         suspects.extend([e] for e in chunk)

@@ -214,7 +214,8 @@ class SearchEngine:
         from .models.clip import fingerprint_id, load_default_encoder
 
         factory = normalize_factory(settings.index_factory)
-        encoder = load_default_encoder(canonical_spec(settings.model) if settings.model else None, settings.device)
+        encoder = load_default_encoder(canonical_spec(settings.model) if settings.model else None, settings.device,
+                                       settings.precision)
         spec = canonical_spec(encoder.spec)
         VectorIndex.create(factory, encoder.dim)  # validates the factory string before anything is written
         probe = encoder.probe()
@@ -241,7 +242,7 @@ class SearchEngine:
             if self._encoder is None:
                 from .models.clip import load_encoder
 
-                self._encoder = load_encoder(self.collection.model_spec, self.settings.device)
+                self._encoder = load_encoder(self.collection.model_spec, self.settings.device, self.settings.precision)
             if not self._encoder_checked:
                 self._check_encoder(self._encoder)
                 self._encoder_checked = True

@@ -57,7 +57,7 @@ def use_color_model(monkeypatch) -> str:
     """Make every model spec load the colour encoder; returns a spec to pass around."""
     import searchengine.models.clip as clip
 
-    monkeypatch.setattr(clip, "load_encoder", lambda spec, device="auto": ColorEncoder())
+    monkeypatch.setattr(clip, "load_encoder", lambda spec, device="auto", precision="auto": ColorEncoder())
     return "fake:colors"
 
 

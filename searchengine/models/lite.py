@@ -98,7 +98,30 @@ class LiteCLIP(torch.nn.Module):
     # -- frozen features (cached by the trainer) -----------------------------------------
     def image_features(self, pixels):
         """(n, 1280 + 384): pooled trunk features, then the ConSE embedding."""
+        fast = self.__dict__.get("_fast_trunk")
+        if fast is not None and pixels.device.type == "cpu" and tuple(pixels.shape[1:]) == fast[0]:
+            return self.pooled_features(fast[1](pixels.contiguous(memory_format=torch.channels_last)))
         return self.pooled_features(self.trunk.forward_features(pixels))
+
+    def speed_up_for_cpu(self) -> bool:
+        """Trace the trunk's feature extractor in channels-last layout and freeze it (batch norms
+        folded into the convolutions): about twice as fast for inference on CPU, equal to 1e-4.
+        Only for inference (the traced copy does not train); False when tracing fails."""
+        import warnings
+
+        size = self.visual.image_size
+        example = torch.zeros(2, 3, size, size).contiguous(memory_format=torch.channels_last)
+        try:
+            with warnings.catch_warnings(), torch.inference_mode():
+                warnings.simplefilter("ignore")  # tracer warnings about the static padding arithmetic
+                traced = torch.jit.freeze(torch.jit.trace(_Features(self.trunk).eval(), example))
+        except (RuntimeError, TypeError, ValueError) as exc:  # pragma: no cover - depends on the torch build
+            import logging
+
+            logging.getLogger(__name__).debug("lite trunk stays eager: %s", exc)
+            return False
+        self.__dict__["_fast_trunk"] = ((3, size, size), traced)  # not a submodule: .to() and state_dict skip it
+        return True
 
     def pooled_features(self, feature_map):
         """:meth:`image_features` from the trunk's ``(n, 1280, h, w)`` feature map."""
@@ -156,6 +179,17 @@ class LiteCLIP(torch.nn.Module):
     def heads_state(self) -> dict:
         return {"image_proj.weight": self.image_proj.weight, "text_proj.weight": self.text_proj.weight,
                 "logit_scale": self.logit_scale, "alpha": self.alpha, "class_text": self.class_text}
+
+
+class _Features(torch.nn.Module):
+    """The trunk's ``forward_features`` as a module's forward (what tracing needs)."""
+
+    def __init__(self, trunk: Any) -> None:
+        super().__init__()
+        self.trunk = trunk
+
+    def forward(self, pixels):
+        return self.trunk.forward_features(pixels)
 
 
 class _Visual:

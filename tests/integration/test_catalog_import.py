@@ -144,7 +144,7 @@ def counting(monkeypatch) -> CountingEncoder:
 
     use_color_model(monkeypatch)
     encoder = CountingEncoder()
-    monkeypatch.setattr(clip, "load_encoder", lambda spec, device="auto": encoder)
+    monkeypatch.setattr(clip, "load_encoder", lambda spec, device="auto", precision="auto": encoder)
     return encoder
 
 

@@ -33,7 +33,7 @@ def test_select_device():
 
 
 def test_encoders_give_normalised_float32_and_handle_empty_input(tiny_model):
-    enc = load_encoder(tiny_model, "cpu")
+    enc = load_encoder(tiny_model, "cpu", "fp32")  # compared with open_clip's fp32 model below
     imgs = [imagegen.photo_image(i) for i in range(3)]
     iv = enc.encode_images(imgs)
     tv = enc.encode_texts(["a cat", "a dog"])
