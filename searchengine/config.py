@@ -18,7 +18,8 @@ __all__ = ["Settings", "DEFAULT_MODEL", "LITE_MODEL", "DEFAULT_INDEX_FACTORY", "
 DEFAULT_MODEL = "ViT-B-32:laion2b_s34b_b79k"
 #: The offline model new collections fall back to when no model is named and DEFAULT_MODEL cannot be loaded.
 LITE_MODEL = "lite"
-DEFAULT_INDEX_FACTORY = "Flat"
+#: exact search below 100,000 vectors, a tuned inverted file above (see searchengine.vectors.choose_factory)
+DEFAULT_INDEX_FACTORY = "auto"
 _COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 

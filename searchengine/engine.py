@@ -14,7 +14,7 @@ import numpy as np
 from .config import Settings
 from .errors import CollectionNotFoundError, ModelMismatchError, NotFoundError, QueryError, VectorIndexError
 from .store import CollectionRecord, FileErrorRecord, ImageRecord, ProductRecord, Store, VectorKind
-from .vectors import VectorIndex, normalize_factory
+from .vectors import VectorIndex, needs_rechoice, normalize_factory
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -105,8 +105,10 @@ class CollectionStatus:
     products: int
     texts: int
     index_factory: str
+    index_in_use: str  # the concrete factory (what ``auto`` chose)
     index_type: str
     index_vectors: int
+    index_nprobe: int | None  # inverted files: lists searched per query
     index_note: str
     data_dir: str
     database: str
@@ -339,8 +341,15 @@ class SearchEngine:
         self.collection = self.store.require_collection(self.collection.name)
 
     def save_index(self) -> None:
-        """Save the in-memory image index (after a writer's batches) and bring the text index up to date."""
-        self._save(self.index, self.store.current_seq(self.collection.id))
+        """Save the in-memory image index (after a writer's batches) and bring the text index up to date.
+
+        An ``auto`` index that no longer fits the collection's size (it crossed the exact-search
+        limit, or grew or shrank 4x since its inverted file was trained) is rebuilt instead."""
+        if needs_rechoice(self.index):
+            log.info("the collection now holds %d vectors: choosing its index again", self.index.ntotal)
+            self.index = self._build_index(self.collection.index_factory, save=True)
+        else:
+            self._save(self.index, self.store.current_seq(self.collection.id))
         self.sync_texts()
 
     def sync_texts(self) -> None:
@@ -349,6 +358,8 @@ class SearchEngine:
             self._text_index = self._load_index("texts")
         else:
             self._text_index = self._reconcile(self._text_index, "texts")
+        if needs_rechoice(self._text_index):
+            self._text_index = self._build_index(self.collection.index_factory, save=self.writable, kind="texts")
 
     def rebuild_index(self, index_factory: str | None = None) -> int:
         """Rebuild the vector indexes from the stored vectors (optionally with another factory)."""
@@ -740,7 +751,8 @@ class SearchEngine:
             collection=rec.name, model=rec.model_spec, dim=rec.dim, fingerprint=rec.fingerprint_id,
             images=self.store.count_images(rec.id), errors=self.store.count_errors(rec.id),
             products=self.store.count_products(rec.id), texts=self.store.count_texts(rec.id),
-            index_factory=rec.index_factory, index_type=self.index.inner_type, index_vectors=self.index.ntotal,
+            index_factory=rec.index_factory, index_in_use=self.index.chosen, index_type=self.index.inner_type,
+            index_vectors=self.index.ntotal, index_nprobe=self.index.nprobe,
             index_note=self.index.note, data_dir=str(self.settings.data_dir),
             database=self.store.engine.url.render_as_string(hide_password=True),
             schema_version=self.store.schema_version())

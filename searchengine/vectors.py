@@ -2,8 +2,15 @@
 
 The index is derived data. It is built from the store's vectors, saved atomically
 (temp file, fsync, ``os.replace``), and reconciled with the store on open. The factory
-string is configuration: ``"Flat"``, ``"HNSW32"``, ``"IVF1024,Flat"``, ``"IVF4096,PQ32"``,
-``"SQ8"``... (a leading ``IDMap2,`` is accepted and implied).
+string is configuration: ``"auto"`` (the default), ``"Flat"``, ``"HNSW32"``, ``"IVF1024,Flat"``,
+``"IVF4096,PQ32"``, ``"SQ8"``... (a leading ``IDMap2,`` is accepted and implied).
+
+``auto`` picks by collection size (:func:`choose_factory`): exact ``Flat`` search below
+:data:`AUTO_EXACT_LIMIT` vectors, above it an inverted file over float16 vectors
+(``IVF{nlist},SQfp16``: lossless against the store, which keeps float16) trained on a sample of the
+stored vectors, with ``nprobe`` raised until recall@10 against exact search reaches
+:data:`AUTO_TARGET_RECALL` on held-out stored vectors. The choice and its measured recall are
+the index's :attr:`VectorIndex.note` (shown by ``status``).
 """
 
 from __future__ import annotations
@@ -17,7 +24,39 @@ import numpy as np
 
 from .errors import ConfigError, VectorIndexError
 
-__all__ = ["VectorIndex", "normalize_factory"]
+__all__ = ["VectorIndex", "normalize_factory", "choose_factory", "needs_rechoice", "AUTO", "AUTO_EXACT_LIMIT", "AUTO_TARGET_RECALL"]
+
+AUTO = "auto"
+#: below this many vectors ``auto`` searches exactly (Flat: about 18 ms per query at 100k x 512 on 2 cores)
+AUTO_EXACT_LIMIT = 100_000
+#: recall@10 against exact search that ``auto`` tunes nprobe for (on held-out stored vectors)
+AUTO_TARGET_RECALL = 0.97
+_CALIBRATION_QUERIES = 200
+
+
+def choose_factory(n: int) -> str:
+    """The concrete factory ``auto`` uses for ``n`` vectors."""
+    if n < AUTO_EXACT_LIMIT:
+        return "Flat"
+    return f"IVF{_nlist(n)},SQfp16"
+
+
+def _nlist(n: int) -> int:
+    """About sqrt(n) lists, a power of two: 1M vectors -> 1024 lists of ~1,000."""
+    return int(2 ** round(np.log2(max(n, 1) ** 0.5)))
+
+
+def needs_rechoice(index: "VectorIndex") -> bool:
+    """Whether an ``auto`` index no longer fits its size: it crossed the exact limit, or its inverted
+    file has lists for a size 4x away from today's (sqrt(n) more than 2x from nlist: hysteresis, so a
+    collection that hovers near a boundary is not rebuilt on every change)."""
+    if index.factory != AUTO:
+        return False
+    want, have = choose_factory(index.ntotal), index.chosen
+    if want.startswith("IVF") and have.startswith("IVF"):
+        ratio = max(index.ntotal, 1) ** 0.5 / int(have[3:].split(",")[0])
+        return not 0.5 <= ratio <= 2
+    return want != have
 
 
 def normalize_factory(factory: str) -> str:
@@ -34,6 +73,8 @@ def normalize_factory(factory: str) -> str:
 def _make(factory: str, dim: int):
     import faiss
 
+    if normalize_factory(factory) == AUTO:
+        factory = "Flat"  # an empty auto index; build() chooses by size
     try:
         inner = faiss.index_factory(dim, normalize_factory(factory), faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
@@ -44,12 +85,15 @@ def _make(factory: str, dim: int):
 class VectorIndex:
     """A faiss index of L2-normalised float32 vectors keyed by int64 ids."""
 
-    def __init__(self, index, factory: str, dim: int, note: str = "") -> None:
+    def __init__(self, index, factory: str, dim: int, note: str = "", chosen: str | None = None) -> None:
         self._index = index
         self.factory = normalize_factory(factory)
         self.dim = dim
-        #: Why the index in use differs from the factory asked for (e.g. too few vectors to train).
+        #: Why the index in use differs from the factory asked for (e.g. too few vectors to train),
+        #: or what ``auto`` chose and the recall it measured.
         self.note = note
+        #: the concrete factory in use (``auto`` resolved)
+        self.chosen = chosen or _describe(index, self.factory)
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
@@ -63,17 +107,47 @@ class VectorIndex:
 
         With too few vectors to train (say ``IVF4096`` over 500 images) the index falls back to
         exact ``Flat`` search and records why in :attr:`note`; a later rebuild trains it.
+        ``auto`` chooses the factory by size (:func:`choose_factory`) and tunes ``nprobe``.
         """
-        vi = cls.create(factory, dim)
+        factory = normalize_factory(factory)
+        concrete = choose_factory(len(ids)) if factory == AUTO else factory
+        vi = cls(_make(concrete, dim), factory, dim, chosen=concrete)
         if not vi.is_trained:
             try:
-                vi._index.train(_as_matrix(vectors, dim))
+                vi._index.train(_training_sample(_as_matrix(vectors, dim), concrete))
             except RuntimeError as exc:
                 reason = str(exc).strip().splitlines()[-1]
-                vi = cls(_make("Flat", dim), factory, dim, note=f"exact Flat search for now: {reason}")
+                vi = cls(_make("Flat", dim), factory, dim, note=f"exact Flat search for now: {reason}", chosen="Flat")
         if len(ids):
             vi.add(ids, vectors)
+        if factory == AUTO:
+            vi.note = f"auto: {vi.chosen} for {len(ids):,} vectors"
+            if vi.chosen != "Flat":
+                nprobe, recall = vi.tune_nprobe(np.asarray(ids), vectors)
+                vi.note += f", nprobe {nprobe}: recall@10 {recall:.3f} of exact on {_CALIBRATION_QUERIES} stored vectors"
         return vi
+
+    def tune_nprobe(self, ids: np.ndarray, vectors: np.ndarray, target: float = AUTO_TARGET_RECALL,
+                    queries: int = _CALIBRATION_QUERIES, seed: int = 0) -> tuple[int, float]:
+        """Raise an inverted file's ``nprobe`` (powers of two) until recall@10 against exact search,
+        for stored vectors used as queries (each one's own id left out), reaches ``target``."""
+        import faiss
+
+        ivf = faiss.extract_index_ivf(self._index)
+        mat = _as_matrix(vectors, self.dim)
+        rng = np.random.default_rng(seed)
+        rows = rng.choice(len(mat), size=min(queries, len(mat)), replace=False)
+        q = mat[rows]
+        truth = [set(ids[top].tolist()) for top in _exact_top(mat, q, 10, rows)]
+        nprobe, recall = 1, 0.0
+        while True:
+            ivf.nprobe = nprobe
+            _, found = self._index.search(q, 11)
+            recall = float(np.mean([len(t & (set(f.tolist()) - {int(ids[r])})) / 10
+                                    for t, f, r in zip(truth, found, rows)]))
+            if recall >= target or nprobe >= ivf.nlist:
+                return nprobe, recall
+            nprobe = min(nprobe * 2, ivf.nlist)
 
     # -- properties -----------------------------------------------------------------------
     @property
@@ -178,6 +252,13 @@ class VectorIndex:
                 os.unlink(tmp)
         _fsync_dir(path.parent)
 
+    @property
+    def nprobe(self) -> int | None:
+        import faiss
+
+        inner = faiss.downcast_index(self._index.index)
+        return int(inner.nprobe) if isinstance(inner, faiss.IndexIVF) else None
+
     @classmethod
     def load(cls, path: Path, factory: str, dim: int, note: str = "") -> "VectorIndex":
         import faiss
@@ -189,6 +270,46 @@ class VectorIndex:
         if not isinstance(index, faiss.IndexIDMap2) or index.d != dim:
             raise VectorIndexError(f"{path} is not an id-mapped index of dimension {dim}")
         return cls(index, factory, dim, note=note)
+
+
+def _exact_top(mat: np.ndarray, queries: np.ndarray, k: int, skip_rows: np.ndarray,
+               chunk: int = 65536) -> np.ndarray:
+    """Row numbers of each query's exact top ``k`` (its own row ``skip_rows[i]`` left out), in chunks
+    so memory stays bounded at any collection size."""
+    best_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    best_i = np.zeros((len(queries), k), dtype=np.int64)
+    for start in range(0, len(mat), chunk):
+        scores = queries @ mat[start : start + chunk].T
+        mine = (skip_rows >= start) & (skip_rows < start + len(scores[0]))
+        scores[mine, skip_rows[mine] - start] = -np.inf
+        all_s = np.concatenate([best_s, scores], axis=1)
+        all_i = np.concatenate([best_i, np.broadcast_to(np.arange(start, start + scores.shape[1]), scores.shape)], axis=1)
+        top = np.argpartition(-all_s, k - 1, axis=1)[:, :k]
+        best_s, best_i = np.take_along_axis(all_s, top, 1), np.take_along_axis(all_i, top, 1)
+    return best_i
+
+
+def _training_sample(mat: np.ndarray, factory: str, per_list: int = 64, seed: int = 0) -> np.ndarray:
+    """At most ``per_list`` points per inverted list (faiss wants >= 39): k-means cost stays bounded."""
+    if not factory.startswith("IVF"):
+        return mat
+    nlist = int(factory[3:].split(",")[0].split("_")[0])
+    if len(mat) <= nlist * per_list:
+        return mat
+    rows = np.sort(np.random.default_rng(seed).choice(len(mat), size=nlist * per_list, replace=False))
+    return mat[rows]
+
+
+def _describe(index, factory: str) -> str:
+    """The concrete factory of a loaded index (``auto`` saved it as Flat or IVF{n},SQfp16)."""
+    if factory != AUTO:
+        return factory
+    import faiss
+
+    inner = faiss.downcast_index(index.index)
+    if isinstance(inner, faiss.IndexIVF):
+        return f"IVF{inner.nlist},SQfp16"
+    return "Flat"
 
 
 def _selector(ids: np.ndarray):

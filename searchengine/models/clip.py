@@ -143,6 +143,7 @@ class ClipEncoder:
         with torch.inference_mode():
             probe = self.encode_texts(["probe"])
         self.dim = int(probe.shape[1])
+        self._trim_text = self._check_trimmed_text()
 
     # -- images -------------------------------------------------------------------------
     def pixels_from_pil(self, image: "Image.Image") -> np.ndarray:
@@ -188,8 +189,28 @@ class ClipEncoder:
             return np.zeros((0, getattr(self, "dim", 0)), dtype=np.float32)
         tokens = self.tokenizer(list(texts)).to(self.device)
         with torch.inference_mode():
-            out = self.model.encode_text(tokens)
+            if getattr(self, "_trim_text", False):
+                out = _encode_text_trimmed(self.model, tokens)
+            else:
+                out = self.model.encode_text(tokens)
         return _normalise(out)
+
+    def _check_trimmed_text(self) -> bool:
+        """Whether the text tower may skip the padding after the longest text (see _encode_text_trimmed):
+        only for a causal tower pooled at the end token, and only if it gives the full result here."""
+        import torch
+
+        if not _trimmable(self.model):
+            return False
+        tokens = self.tokenizer(list(PROBE_TEXTS)).to(self.device)
+        try:
+            with torch.inference_mode():
+                full = _normalise(self.model.encode_text(tokens))
+                short = _normalise(_encode_text_trimmed(self.model, tokens))
+        except (RuntimeError, AttributeError, IndexError, TypeError) as exc:
+            log.debug("text trimming unavailable: %s", exc)
+            return False
+        return bool(np.min(np.sum(full * short, axis=1)) >= 0.9999)
 
     # -- identity -----------------------------------------------------------------------
     def probe(self) -> np.ndarray:
@@ -367,6 +388,40 @@ def _reduce_precision(encoder: ClipEncoder, precision: str, check: bool) -> None
         encoder.precision_note = f"fp32 ({precision} probe cosine {cosine:.4f} < {MIN_PRECISION_COSINE})"
     else:
         encoder.precision_note = f"{precision} (AMX; probe cosine {cosine:.5f} to fp32)"
+
+
+def _trimmable(model: Any) -> bool:
+    """open_clip's CLIP with a causal text tower pooled at the end-of-text token."""
+    return (all(hasattr(model, a) for a in ("token_embedding", "positional_embedding", "transformer", "ln_final"))
+            and getattr(model, "attn_mask", None) is not None
+            and getattr(model, "text_pool_type", None) in ("argmax", "eos"))
+
+
+def _encode_text_trimmed(model: Any, tokens: "torch.Tensor") -> "torch.Tensor":
+    """``model.encode_text`` over the tokens up to the longest text's end, not all 77 positions.
+
+    In a causal tower a position attends only to itself and earlier ones, and the text's vector is
+    read at its end token, so the padding after the longest text never reaches the result: cutting
+    it is exact, and a short query costs a few positions instead of 77 (about 5x faster).
+    """
+    from open_clip.transformer import text_global_pool
+
+    used = int((tokens != 0).any(dim=0).nonzero().max()) + 1 if tokens.numel() else 1
+    tokens = tokens[:, :used]
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:used].to(cast)
+    x = model.transformer(x, attn_mask=model.attn_mask[:used, :used])
+    x = model.ln_final(x)
+    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    if model.text_projection is not None:
+        x = model.text_projection(x) if isinstance(model.text_projection, _linear_type()) else x @ model.text_projection
+    return x
+
+
+def _linear_type() -> type:
+    import torch
+
+    return torch.nn.Linear
 
 
 def _normalise(out: "torch.Tensor") -> np.ndarray:

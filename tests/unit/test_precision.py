@@ -68,3 +68,21 @@ def test_lite_runs_fp32_with_a_traced_trunk_equal_to_eager():
     enc.micro_batch = None
     eager = enc.encode_pixels(pixels)
     np.testing.assert_allclose(fast, eager, atol=1e-4)
+
+
+def test_text_tower_skips_the_padding_exactly(tiny_model):
+    enc = load_encoder(tiny_model, "cpu", "fp32")
+    assert enc._trim_text  # open_clip's causal CLIP text tower, pooled at the end token
+    texts = ["a", "a photo of a red sports car parked on a rainy street at night, seen from above", *TEXTS]
+    trimmed = enc.encode_texts(texts)
+    enc._trim_text = False
+    np.testing.assert_allclose(trimmed, enc.encode_texts(texts), atol=1e-5)
+
+
+def test_text_trimming_is_off_for_towers_that_see_the_padding(tiny_model, monkeypatch):
+    from searchengine.models.clip import _trimmable
+
+    enc = load_encoder(tiny_model, "cpu", "fp32")
+    monkeypatch.setattr(enc.model, "text_pool_type", "last")  # pooled at the last position: padding matters
+    assert not _trimmable(enc.model)
+    assert not enc._check_trimmed_text()
