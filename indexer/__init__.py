@@ -99,8 +99,11 @@ def run_files(engine: SearchEngine, scanned: ScanResult, rows: list[ImageRecord]
                                     own_hashes=writer.own_hashes, max_pixels=engine.settings.max_pixels,
                                     draft_size=encoder.image_size, ocr=ocr,
                                     ocr_hashes=store.ocr_hashes(cid) if ocr else frozenset())
-            with closing(decode_all(work.candidates, options, engine.settings.decode_workers())) as decoded:
-                for batch in iter_batches(decoded, engine.settings.batch_size):
+            batch_size = engine.settings.batch_for(encoder.device)
+            # decoding stays at least two batches ahead of the model, so a GPU never waits for a batch
+            with closing(decode_all(work.candidates, options, engine.settings.decode_workers(),
+                                    max_pending=max(256, 2 * batch_size))) as decoded:
+                for batch in iter_batches(decoded, batch_size):
                     writer.write(batch)
                     if progress is not None:
                         progress.advance(len(batch))

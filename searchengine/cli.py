@@ -133,7 +133,7 @@ def index(
         help="faiss factory string for a new collection, e.g. Flat, HNSW32, IVF1024,Flat; auto chooses by size "
              "(exact Flat below 100,000 images, IVF with nprobe tuned to recall@10 >= 0.97 above) [default: auto].")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, show_default=False,
-                                                      help="Images per model batch [default: 32].")] = None,
+                                                      help="Images per model batch [default: 32 on CPU, 256 on GPU].")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=0, show_default=False,
                                                    help="Decode processes; 0 decodes in the main process "
                                                         "[default: from the core count].")] = None,

@@ -59,7 +59,7 @@ class Settings:
     #: model precision: auto (fp16 on CUDA, bf16 on AMX CPUs when it stays within cosine 0.99 of fp32), fp32, bf16, fp16
     precision: str = "auto"
     index_factory: str = DEFAULT_INDEX_FACTORY
-    batch_size: int = 32
+    batch_size: int = 0  # 0: chosen for the device (see batch_for)
     workers: int = -1  # -1: choose from the core count; 0: decode in the main process
     max_pixels: int = 100_000_000
 
@@ -69,8 +69,8 @@ class Settings:
                 f"invalid collection name {self.collection!r}: use letters, digits, '_', '-', '.' "
                 "(at most 64 characters)"
             )
-        if self.batch_size < 1:
-            raise ConfigError("batch size must be at least 1")
+        if self.batch_size < 0:
+            raise ConfigError("batch size must be at least 1 (or 0 to choose for the device)")
         if self.max_pixels < 1:
             raise ConfigError("max pixels must be at least 1")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
@@ -87,7 +87,7 @@ class Settings:
             "device": os.environ.get("SEARCHENGINE_DEVICE") or "auto",
             "precision": os.environ.get("SEARCHENGINE_PRECISION") or "auto",
             "index_factory": os.environ.get("SEARCHENGINE_INDEX_FACTORY") or DEFAULT_INDEX_FACTORY,
-            "batch_size": _env_int("SEARCHENGINE_BATCH_SIZE", 32),
+            "batch_size": _env_int("SEARCHENGINE_BATCH_SIZE", 0),
             "workers": _env_int("SEARCHENGINE_WORKERS", -1),
         }
         env.update({k: v for k, v in overrides.items() if v is not None})
@@ -108,6 +108,13 @@ class Settings:
     def collection_dir(self) -> Path:
         """Folder of the collection's derived files (the faiss index)."""
         return self.data_dir / "collections" / self.collection
+
+    def batch_for(self, device: str) -> int:
+        """Images per model call: as set, else 256 on a GPU (it needs large batches to be busy) and 32
+        on CPU (measured on 2 cores with bf16 ViT-B-32: 32 -> 128 images/s, 64 -> 132)."""
+        if self.batch_size:
+            return self.batch_size
+        return 256 if device.startswith("cuda") else 32
 
     def decode_workers(self) -> int:
         if self.workers >= 0:

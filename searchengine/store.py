@@ -235,6 +235,15 @@ roots = Table(
 _VECTOR_TABLES = {"images": images, "texts": texts}
 
 
+def _ids_in(table: Table, collection_id: int, ids: Sequence[int]):
+    """Rows of ``table`` with these primary keys in the collection, looked up by primary key.
+
+    ``collection_id + 0`` keeps SQLite from reading an index that starts with the collection id
+    instead (without statistics its planner did for 11 ids or more, scanning the whole collection: 100 ms a query at
+    1M images); PostgreSQL plans it the same way, by the key."""
+    return and_(table.c.id.in_(ids), (table.c.collection_id + 0) == collection_id)
+
+
 def outermost(paths: Iterable[str]) -> list[str]:
     """The paths that are not below another of them, sorted."""
     out = sorted(set(paths))
@@ -609,7 +618,7 @@ class Store:
         with self.engine.connect() as conn:
             for chunk in _chunks(id_list, 900):
                 rows = conn.execute(select(*_IMAGE_COLS).where(
-                    images.c.collection_id == collection_id, images.c.id.in_(chunk)))
+                    _ids_in(images, collection_id, chunk)))
                 out.update({r.id: ImageRecord(**r._mapping) for r in rows})
         return out
 
@@ -662,7 +671,7 @@ class Store:
         with self.engine.connect() as conn:
             for chunk in _chunks([int(i) for i in ids], 900):
                 for i, v in conn.execute(select(table.c.id, table.c.vector).where(
-                        table.c.collection_id == collection_id, table.c.id.in_(chunk))):
+                        _ids_in(table, collection_id, chunk))):
                     blobs[int(i)] = v
         return unpack_vectors([blobs[int(i)] for i in ids], rec)
 
@@ -724,7 +733,7 @@ class Store:
             if removed:
                 keyword.remove(conn, list(removed))
                 for chunk in _chunks(list(removed), 900):
-                    conn.execute(delete(images).where(images.c.collection_id == collection_id, images.c.id.in_(chunk)))
+                    conn.execute(delete(images).where(_ids_in(images, collection_id, chunk)))
             for image_id, n in moved:
                 conn.execute(update(images).where(images.c.id == image_id).values(
                     path=n.path, size=n.size, mtime=n.mtime, ext=file_type(n.path)))
@@ -823,7 +832,7 @@ class Store:
             fields = [(pid, f, getattr(p, f)) for pid, p in zip(ids, upserts) for f in ("title", "caption")]
             _sync_texts(conn, collection_id, seq, "product_id", fields, text_vectors or {})
             for chunk in _chunks(list(removed), 900):
-                conn.execute(delete(products).where(products.c.collection_id == collection_id, products.c.id.in_(chunk)))
+                conn.execute(delete(products).where(_ids_in(products, collection_id, chunk)))
             for chunk in _chunks(list(cleared_errors), 900):
                 conn.execute(delete(file_errors).where(file_errors.c.collection_id == collection_id,
                                                        file_errors.c.path.in_(chunk)))
@@ -861,8 +870,7 @@ class Store:
         out: dict[int, ProductRecord] = {}
         with self.engine.connect() as conn:
             for chunk in _chunks(id_list, 900):
-                rows = conn.execute(select(products).where(products.c.collection_id == collection_id,
-                                                           products.c.id.in_(chunk))).mappings().all()
+                rows = conn.execute(select(products).where(_ids_in(products, collection_id, chunk))).mappings().all()
                 attrs = _attributes_of(conn, "product_id", chunk)
                 paths: dict[int, list[str]] = {}
                 for pid, path in conn.execute(
@@ -930,8 +938,7 @@ class Store:
         with self.engine.connect() as conn:
             for chunk in _chunks([int(i) for i in ids], 900):
                 for r in conn.execute(select(texts.c.id, texts.c.field, texts.c.text, texts.c.image_id,
-                                             texts.c.product_id).where(texts.c.collection_id == collection_id,
-                                                                       texts.c.id.in_(chunk))):
+                                             texts.c.product_id).where(_ids_in(texts, collection_id, chunk))):
                     out[int(r.id)] = TextRecord(**r._mapping)
         return out
 

@@ -25,6 +25,7 @@ def small(image: Image.Image) -> Image.Image:
 class ColorEncoder:
     spec = "fake:colors"
     image_size = 8
+    device = "cpu"
     dim = len(NAMES) + 1
     pil_stage = staticmethod(small)
 

@@ -175,3 +175,21 @@ def test_attributes_texts_and_documents_follow_the_rows(store):
     assert store.count_texts(cid) == 0 and store.keyword_search(cid, "acme", 5) == []
     store.write_batch(cid, removed=[image_id])
     assert store.keyword_search(cid, "bike", 5) == [] and store.attributes_of_images([image_id]) == {}
+
+
+def test_lookups_by_id_use_the_primary_key_not_a_collection_scan(tmp_path):
+    """Hits are joined by id: without statistics SQLite once chose an index starting with the
+    collection id instead, reading every row of the collection (100 ms a query at 1M images)."""
+    from sqlalchemy import select
+
+    from searchengine.store import _IMAGE_COLS, _ids_in, images, texts
+
+    store = Store(f"sqlite:///{tmp_path / 'plan.db'}")
+    with store.engine.connect() as conn:
+        ids = list(range(5, 25))  # a page of hits: with 11 ids or more the planner preferred the scan
+        for query in (select(*_IMAGE_COLS).where(_ids_in(images, 1, ids)),
+                      select(texts.c.id, texts.c.text).where(_ids_in(texts, 1, ids))):
+            sql = str(query.compile(conn, compile_kwargs={"literal_binds": True}))
+            plan = " ".join(str(row[-1]) for row in conn.execute(text("EXPLAIN QUERY PLAN " + sql)))
+            assert "PRIMARY KEY" in plan and "collection_id=?" not in plan, plan
+    store.close()
