@@ -221,7 +221,7 @@ class Writer:
         self.save()
 
     def save(self) -> None:
-        if self.needs_rebuild or (self.engine.index.note and self.report.added):
+        if self.needs_rebuild or (self.engine.index.untrained_fallback and self.report.added):
             self.engine.rebuild_index()  # untrained or non-removable index types: rebuilt from the store
         elif self.wrote:
             self.engine.save_index()

@@ -417,7 +417,7 @@ def _train_open_clip(train_pairs, val_pairs, *, base, out, opts, device, cache_d
 
     from .models.clip import load_encoder
 
-    enc = load_encoder(base, device)
+    enc = load_encoder(base, device, "fp32")  # training starts from the full-precision weights
     _check_saveable(base)  # fail before the epochs, not after
     model, dev = enc.model.float(), enc.device
     enc.dtype = torch.float32  # trained in fp32 even where the encoder loaded in fp16

@@ -1,4 +1,8 @@
-"""The vector index: faiss ``IndexIDMap2`` over an inner-product index, ids = SQL keys.
+"""The vector index: an inner-product faiss index whose ids are the SQL keys.
+
+Inverted files (``IVF...``) hold the ids themselves; every other type is wrapped in
+``IndexIDMap2``. (An ``IndexIDMap2`` around an inverted file cannot remove: faiss renumbers its
+map but not the file, so the ids drift apart and the next removal aborts the process.)
 
 The index is derived data. It is built from the store's vectors, saved atomically
 (temp file, fsync, ``os.replace``), and reconciled with the store on open. The factory
@@ -16,6 +20,7 @@ the index's :attr:`VectorIndex.note` (shown by ``status``).
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterable
@@ -32,6 +37,8 @@ AUTO_EXACT_LIMIT = 100_000
 #: recall@10 against exact search that ``auto`` tunes nprobe for (on held-out stored vectors)
 AUTO_TARGET_RECALL = 0.97
 _CALIBRATION_QUERIES = 200
+#: how the note of an index that could not be trained yet begins (it searches exactly until a rebuild)
+FALLBACK_NOTE = "exact Flat search for now"
 
 
 def choose_factory(n: int) -> str:
@@ -47,16 +54,24 @@ def _nlist(n: int) -> int:
 
 
 def needs_rechoice(index: "VectorIndex") -> bool:
-    """Whether an ``auto`` index no longer fits its size: it crossed the exact limit, or its inverted
-    file has lists for a size 4x away from today's (sqrt(n) more than 2x from nlist: hysteresis, so a
-    collection that hovers near a boundary is not rebuilt on every change)."""
-    if index.factory != AUTO:
-        return False
-    want, have = choose_factory(index.ntotal), index.chosen
-    if want.startswith("IVF") and have.startswith("IVF"):
-        ratio = max(index.ntotal, 1) ** 0.5 / int(have[3:].split(",")[0])
-        return not 0.5 <= ratio <= 2
-    return want != have
+    """Whether an ``auto`` index no longer fits its size, with hysteresis so a collection that hovers
+    near a boundary is not rebuilt on every change: exact search grows into an inverted file at
+    :data:`AUTO_EXACT_LIMIT` vectors but goes back only below half of it, and an inverted file is
+    retrained when sqrt(n) is more than 2x away from its lists (the size moved 4x)."""
+    if index.factory != AUTO or index.untrained_fallback:
+        return False  # an untrained fallback is rebuilt by the writer when vectors are added
+    n, have = index.ntotal, index.chosen
+    if have == "Flat":
+        return n >= AUTO_EXACT_LIMIT
+    if n < AUTO_EXACT_LIMIT // 2:
+        return True
+    nlist = _ivf_lists(have)
+    return nlist is None or not 0.5 <= max(n, 1) ** 0.5 / nlist <= 2
+
+
+def _ivf_lists(factory: str) -> int | None:
+    match = re.match(r"IVF(\d+)", factory)
+    return int(match.group(1)) if match else None
 
 
 def normalize_factory(factory: str) -> str:
@@ -79,7 +94,16 @@ def _make(factory: str, dim: int):
         inner = faiss.index_factory(dim, normalize_factory(factory), faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
         raise ConfigError(f"invalid faiss index factory {factory!r}: {str(exc).strip().splitlines()[-1]}") from exc
+    if isinstance(inner, faiss.IndexIVF):  # index_factory returns the concrete type
+        return inner  # keeps the ids itself (see the module docstring)
     return faiss.IndexIDMap2(inner)
+
+
+def _inner(index):
+    """The index that does the searching: inside the IndexIDMap2, or the inverted file itself."""
+    import faiss
+
+    return faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
 
 
 class VectorIndex:
@@ -114,13 +138,14 @@ class VectorIndex:
         vi = cls(_make(concrete, dim), factory, dim, chosen=concrete)
         if not vi.is_trained:
             try:
-                vi._index.train(_training_sample(_as_matrix(vectors, dim), concrete))
+                mat = _as_matrix(vectors, dim)
+                vi._index.train(_training_sample(mat, concrete) if factory == AUTO else mat)
             except RuntimeError as exc:
                 reason = str(exc).strip().splitlines()[-1]
-                vi = cls(_make("Flat", dim), factory, dim, note=f"exact Flat search for now: {reason}", chosen="Flat")
+                vi = cls(_make("Flat", dim), factory, dim, note=f"{FALLBACK_NOTE}: {reason}", chosen="Flat")
         if len(ids):
             vi.add(ids, vectors)
-        if factory == AUTO:
+        if factory == AUTO and not vi.untrained_fallback:
             vi.note = f"auto: {vi.chosen} for {len(ids):,} vectors"
             if vi.chosen != "Flat":
                 nprobe, recall = vi.tune_nprobe(np.asarray(ids), vectors)
@@ -130,20 +155,27 @@ class VectorIndex:
     def tune_nprobe(self, ids: np.ndarray, vectors: np.ndarray, target: float = AUTO_TARGET_RECALL,
                     queries: int = _CALIBRATION_QUERIES, seed: int = 0) -> tuple[int, float]:
         """Raise an inverted file's ``nprobe`` (powers of two) until recall@10 against exact search,
-        for stored vectors used as queries (each one's own id left out), reaches ``target``."""
+        for stored vectors used as queries (each one's own id left out), reaches ``target``.
+
+        It starts at nlist/64 (at least 8): queries from the other modality (texts searching images,
+        images searching texts) sit farther from the stored vectors than the calibration queries,
+        so the margin is kept even when the stored vectors alone would accept fewer lists."""
         import faiss
 
         ivf = faiss.extract_index_ivf(self._index)
         mat = _as_matrix(vectors, self.dim)
+        k = min(10, len(mat) - 1)
+        if k < 1:
+            return int(ivf.nprobe), 1.0
         rng = np.random.default_rng(seed)
         rows = rng.choice(len(mat), size=min(queries, len(mat)), replace=False)
         q = mat[rows]
-        truth = [set(ids[top].tolist()) for top in _exact_top(mat, q, 10, rows)]
-        nprobe, recall = 1, 0.0
+        truth = [set(ids[top].tolist()) for top in _exact_top(mat, q, k, rows)]
+        nprobe, recall = min(ivf.nlist, max(8, ivf.nlist // 64)), 0.0
         while True:
             ivf.nprobe = nprobe
-            _, found = self._index.search(q, 11)
-            recall = float(np.mean([len(t & (set(f.tolist()) - {int(ids[r])})) / 10
+            _, found = self._index.search(q, k + 1)
+            recall = float(np.mean([len(t & (set(f.tolist()) - {int(ids[r])})) / k
                                     for t, f, r in zip(truth, found, rows)]))
             if recall >= target or nprobe >= ivf.nlist:
                 return nprobe, recall
@@ -162,7 +194,7 @@ class VectorIndex:
     def inner_type(self) -> str:
         import faiss
 
-        inner = faiss.downcast_index(self._index.index)
+        inner = _inner(self._index)
         name = type(inner).__name__
         if name == "IndexFlat" and inner.metric_type == faiss.METRIC_INNER_PRODUCT:
             return "IndexFlatIP"  # index_factory builds IndexFlat(IP); read_index gives IndexFlatIP
@@ -175,7 +207,12 @@ class VectorIndex:
     def ids(self) -> np.ndarray:
         import faiss
 
-        return faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        if isinstance(self._index, faiss.IndexIDMap2):
+            return faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        lists = self._index.invlists  # an inverted file: the ids stored in its lists
+        parts = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+                 for i in range(lists.nlist) if lists.list_size(i)]
+        return np.sort(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
 
     # -- mutation -------------------------------------------------------------------------
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -224,7 +261,7 @@ class VectorIndex:
     def _params(self, selector):
         import faiss
 
-        inner = faiss.downcast_index(self._index.index)
+        inner = _inner(self._index)
         if isinstance(inner, faiss.IndexIVF):
             return faiss.SearchParametersIVF(sel=selector, nprobe=inner.nprobe)
         if isinstance(inner, faiss.IndexHNSW):
@@ -253,10 +290,15 @@ class VectorIndex:
         _fsync_dir(path.parent)
 
     @property
+    def untrained_fallback(self) -> bool:
+        """Searching exactly because the factory's training failed (too few vectors); a rebuild trains it."""
+        return self.note.startswith(FALLBACK_NOTE)
+
+    @property
     def nprobe(self) -> int | None:
         import faiss
 
-        inner = faiss.downcast_index(self._index.index)
+        inner = _inner(self._index)
         return int(inner.nprobe) if isinstance(inner, faiss.IndexIVF) else None
 
     @classmethod
@@ -267,8 +309,11 @@ class VectorIndex:
             index = faiss.read_index(str(path))
         except RuntimeError as exc:
             raise VectorIndexError(f"cannot read the vector index {path}: {exc}") from exc
-        if not isinstance(index, faiss.IndexIDMap2) or index.d != dim:
+        own_ids = isinstance(index, faiss.IndexIVF)  # read_index returns the concrete type
+        if not (own_ids or isinstance(index, faiss.IndexIDMap2)) or index.d != dim:
             raise VectorIndexError(f"{path} is not an id-mapped index of dimension {dim}")
+        if not own_ids and isinstance(_inner(index), faiss.IndexIVF):  # the layout that cannot remove
+            raise VectorIndexError(f"{path} is an inverted file in an id map, which cannot remove vectors")
         return cls(index, factory, dim, note=note)
 
 
@@ -291,10 +336,8 @@ def _exact_top(mat: np.ndarray, queries: np.ndarray, k: int, skip_rows: np.ndarr
 
 def _training_sample(mat: np.ndarray, factory: str, per_list: int = 64, seed: int = 0) -> np.ndarray:
     """At most ``per_list`` points per inverted list (faiss wants >= 39): k-means cost stays bounded."""
-    if not factory.startswith("IVF"):
-        return mat
-    nlist = int(factory[3:].split(",")[0].split("_")[0])
-    if len(mat) <= nlist * per_list:
+    nlist = _ivf_lists(factory)
+    if nlist is None or len(mat) <= nlist * per_list:
         return mat
     rows = np.sort(np.random.default_rng(seed).choice(len(mat), size=nlist * per_list, replace=False))
     return mat[rows]
@@ -306,7 +349,7 @@ def _describe(index, factory: str) -> str:
         return factory
     import faiss
 
-    inner = faiss.downcast_index(index.index)
+    inner = _inner(index)
     if isinstance(inner, faiss.IndexIVF):
         return f"IVF{inner.nlist},SQfp16"
     return "Flat"

@@ -292,6 +292,12 @@ def load_encoder(spec: str, device: str = "auto", precision: str = "auto") -> Cl
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    encoder = _load(spec, device, precision)
+    log.info("model %s on %s: %s", spec, encoder.device, encoder.precision_note or encoder.precision)
+    return encoder
+
+
+def _load(spec: str, device: str, precision: str) -> ClipEncoder:
     from .lite import build_lite, resolve_lite
 
     lite_dir = resolve_lite(spec.strip())
@@ -382,7 +388,12 @@ def _reduce_precision(encoder: ClipEncoder, precision: str, check: bool) -> None
     if reference is None:
         encoder.precision_note = f"{precision} (asked for)"
         return
-    cosine = float(np.min(np.sum(encoder.probe() * reference, axis=1)))
+    try:
+        cosine = float(np.min(np.sum(encoder.probe() * reference, axis=1)))
+    except (RuntimeError, TypeError) as exc:  # an op without a bf16 kernel: stay fp32
+        encoder.model, encoder.dtype = original
+        encoder.precision_note = f"fp32 ({precision} failed: {str(exc).splitlines()[0][:120]})"
+        return
     if cosine < MIN_PRECISION_COSINE:
         encoder.model, encoder.dtype = original
         encoder.precision_note = f"fp32 ({precision} probe cosine {cosine:.4f} < {MIN_PRECISION_COSINE})"

@@ -87,3 +87,71 @@ def test_collection_status_shows_the_choice(run, photos, monkeypatch):
 def test_auto_is_a_factory_name(factory):
     assert vectors.normalize_factory(factory) == "auto"
     assert VectorIndex.create(factory, DIM).ntotal == 0
+
+
+def test_an_inverted_file_goes_back_to_exact_search_only_well_below_the_limit(monkeypatch):
+    monkeypatch.setattr(vectors, "AUTO_EXACT_LIMIT", 4_000)
+    ivf = VectorIndex.build("auto", DIM, np.arange(4_000), clustered(4_000, 9))
+    assert ivf.chosen.startswith("IVF")
+    ivf.remove(range(1_000))  # 3,000 left: below the limit, above half of it
+    assert not needs_rechoice(ivf)
+    ivf.remove(range(1_000, 2_500))  # 1,500 left
+    assert needs_rechoice(ivf)
+
+
+def test_an_auto_index_that_cannot_train_yet_searches_exactly_and_says_so(monkeypatch):
+    monkeypatch.setattr(vectors, "choose_factory", lambda n: "IVF4096,SQfp16")  # more lists than vectors
+    index = VectorIndex.build("auto", DIM, np.arange(300), clustered(300, 10))
+    assert index.untrained_fallback and index.note.startswith(vectors.FALLBACK_NOTE)
+    assert index.chosen == "Flat" and index.ntotal == 300
+    assert not needs_rechoice(index)  # the writer rebuilds it when vectors are added
+
+
+def test_tiny_inverted_files_calibrate_on_what_there_is(monkeypatch):
+    monkeypatch.setattr(vectors, "AUTO_EXACT_LIMIT", 4)
+    index = VectorIndex.build("auto", DIM, np.arange(6), clustered(6, 11))
+    assert index.chosen.startswith("IVF") and "recall@10 1.000" in index.note
+
+
+def test_adding_images_to_an_auto_collection_does_not_rebuild_it(run, photos, monkeypatch):
+    from searchengine import SearchEngine
+    from tests import imagegen
+
+    run(photos)
+    rebuilds = []
+    monkeypatch.setattr(SearchEngine, "rebuild_index", lambda self, *a, **k: rebuilds.append(1))
+    imagegen.photo(photos / "new.jpg", seed=42)
+    report = run(photos)
+    assert report.added == 1 and rebuilds == []
+    with SearchEngine.open("test") as engine:
+        assert engine.index.ntotal == 7 and engine.status().index_in_use == "Flat"
+
+
+@pytest.mark.parametrize("factory", ["auto", "IVF64,Flat"])
+def test_inverted_files_remove_many_times_and_keep_their_ids(monkeypatch, tmp_path, factory):
+    monkeypatch.setattr(vectors, "AUTO_EXACT_LIMIT", 1_000)
+    data, ids = clustered(4_000, 12), np.arange(4_000) * 3 + 5
+    index = VectorIndex.build(factory, DIM, ids, data)
+    assert index.inner_type.startswith("IndexIVF")
+    for batch in (ids[:10], ids[10:1_000], ids[1_000:1_001]):  # faiss's id map over an IVF aborted here
+        assert index.remove(batch.tolist()) == len(batch)
+    np.testing.assert_array_equal(index.ids(), ids[1_001:])
+    _, found = index.search(data[2_000:2_010], 1)
+    np.testing.assert_array_equal(found[:, 0], ids[2_000:2_010])  # each vector still finds its own id
+    index.save(tmp_path / "ivf.faiss")
+    again = VectorIndex.load(tmp_path / "ivf.faiss", factory, DIM)
+    np.testing.assert_array_equal(again.ids(), ids[1_001:])
+
+
+def test_an_old_id_mapped_inverted_file_is_refused_so_the_engine_rebuilds_it(tmp_path):
+    import faiss
+
+    from searchengine.errors import VectorIndexError
+
+    old = faiss.IndexIDMap2(faiss.index_factory(DIM, "IVF8,Flat", faiss.METRIC_INNER_PRODUCT))
+    data = clustered(500, 13)
+    old.train(data)
+    old.add_with_ids(data, np.arange(500).astype(np.int64))
+    faiss.write_index(old, str(tmp_path / "old.faiss"))
+    with pytest.raises(VectorIndexError, match="cannot remove"):
+        VectorIndex.load(tmp_path / "old.faiss", "IVF8,Flat", DIM)

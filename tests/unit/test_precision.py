@@ -86,3 +86,20 @@ def test_text_trimming_is_off_for_towers_that_see_the_padding(tiny_model, monkey
     monkeypatch.setattr(enc.model, "text_pool_type", "last")  # pooled at the last position: padding matters
     assert not _trimmable(enc.model)
     assert not enc._check_trimmed_text()
+
+
+def test_a_model_that_fails_in_bf16_stays_fp32(tiny_model, monkeypatch):
+    import torch
+
+    real_probe = clip.ClipEncoder.probe
+
+    def probe(self):
+        if self.dtype == torch.bfloat16:
+            raise RuntimeError("no bf16 kernel for this op")
+        return real_probe(self)
+
+    monkeypatch.setattr(clip, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(clip.ClipEncoder, "probe", probe)
+    enc = load_encoder(tiny_model, "cpu")
+    assert enc.precision == "fp32" and "bf16 failed" in enc.precision_note
+    assert enc.encode_texts(["a dog"]).shape == (1, enc.dim)
