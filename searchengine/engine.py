@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Sequence, Union
@@ -290,13 +291,25 @@ class SearchEngine:
         path = self._path(kind)
         if not path.exists():
             return self._build_index(rec.index_factory, save=self.writable, kind=kind)
-        try:
-            index = VectorIndex.load(path, rec.index_factory, rec.dim,
-                                     note=rec.index_note if kind == "images" else "")
-        except VectorIndexError as exc:
-            log.warning("%s; rebuilding it from the store", exc)
-            return self._build_index(rec.index_factory, save=self.writable, kind=kind)
-        return self._reconcile(index, kind)
+        for attempt in (1, 2):
+            checksum = rec.index_checksum if kind == "images" else rec.text_index_checksum
+            try:
+                index = VectorIndex.load(path, rec.index_factory, rec.dim,
+                                         note=rec.index_note if kind == "images" else "", checksum=checksum)
+                break
+            except VectorIndexError as exc:
+                if attempt == 1 and "checksum" in str(exc):
+                    # a writer may have replaced the file a moment before recording its checksum
+                    time.sleep(0.2)
+                    self._refresh()
+                    rec = self.collection
+                    continue
+                log.warning("%s; rebuilding it from the store", exc)
+                return self._build_index(rec.index_factory, save=self.writable, kind=kind)
+        index = self._reconcile(index, kind)
+        if checksum is None and self.writable:  # written before checksums were kept: record one now
+            self._save(index, self.store.current_seq(rec.id), kind)
+        return index
 
     def _reconcile(self, index: VectorIndex, kind: VectorKind = "images") -> VectorIndex:
         """Make the index's id set equal the live rows, and re-add rows written after it was saved."""
@@ -333,8 +346,8 @@ class SearchEngine:
         return index
 
     def _save(self, index: VectorIndex, seq: int, kind: VectorKind = "images") -> None:
-        index.save(self._path(kind))
-        self.store.set_index_state(self.collection.id, seq, index.note, kind)
+        checksum = index.save(self._path(kind))
+        self.store.set_index_state(self.collection.id, seq, index.note, kind, checksum)
         self._refresh()
 
     def _refresh(self) -> None:

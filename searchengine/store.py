@@ -132,8 +132,13 @@ def _v3_collection_columns() -> list[Column]:
     return [Column("caption_model", Text)]
 
 
+#: Version 5: a SHA-256 of each index file as written, checked before the file is read again.
+def _v5_collection_columns() -> list[Column]:
+    return [Column("index_checksum", Text), Column("text_index_checksum", Text)]
+
+
 collections = Table("collections", metadata, *_collection_columns(), *_v2_collection_columns(),
-                    *_v3_collection_columns())
+                    *_v3_collection_columns(), *_v5_collection_columns())
 images = Table("images", metadata, *_image_columns(), *_v2_image_columns())
 file_errors = Table("file_errors", metadata, *_error_columns())
 
@@ -293,9 +298,14 @@ def _m004_roots(conn: Connection) -> None:
         conn.execute(insert(roots), [dict(collection_id=cid, path=p, added_at=now) for p in outermost(folders)])
 
 
+def _m005_index_checksums(conn: Connection) -> None:
+    """Index files written before have no checksum: they are trusted once and get one on their next save."""
+    _add_columns(conn, "collections", _v5_collection_columns())
+
+
 #: Numbered migrations: ``MIGRATIONS[i]`` takes the schema from version ``i`` to ``i + 1``.
 MIGRATIONS: list[Callable[[Connection], None]] = [_m001_initial, _m002_texts_and_catalogs, _m003_generated_and_tags,
-                                                  _m004_roots]
+                                                  _m004_roots, _m005_index_checksums]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -338,6 +348,8 @@ class CollectionRecord:
     text_index_seq: int = 0
     ocr: int = 0
     caption_model: str | None = None
+    index_checksum: str | None = None
+    text_index_checksum: str | None = None
 
 
 @dataclass(frozen=True)
@@ -582,8 +594,10 @@ class Store:
             ))
         return self.require_collection(name)
 
-    def set_index_state(self, collection_id: int, index_seq: int, note: str, kind: VectorKind = "images") -> None:
-        values = dict(index_seq=index_seq, index_note=note) if kind == "images" else dict(text_index_seq=index_seq)
+    def set_index_state(self, collection_id: int, index_seq: int, note: str, kind: VectorKind = "images",
+                        checksum: str | None = None) -> None:
+        values = (dict(index_seq=index_seq, index_note=note, index_checksum=checksum) if kind == "images"
+                  else dict(text_index_seq=index_seq, text_index_checksum=checksum))
         with self.engine.begin() as conn:
             conn.execute(update(collections).where(collections.c.id == collection_id).values(**values))
 

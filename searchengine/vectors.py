@@ -269,8 +269,9 @@ class VectorIndex:
         return faiss.SearchParameters(sel=selector)
 
     # -- persistence ----------------------------------------------------------------------
-    def save(self, path: Path) -> None:
-        """Write atomically: a temp file in the same folder, fsync, ``os.replace``, fsync the folder."""
+    def save(self, path: Path) -> str:
+        """Write atomically (a temp file in the same folder, fsync, ``os.replace``, fsync the folder);
+        returns the file's SHA-256, for :meth:`load` to check."""
         import faiss
 
         path = Path(path)
@@ -281,6 +282,7 @@ class VectorIndex:
             faiss.write_index(self._index, tmp)
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
+            checksum = file_checksum(Path(tmp))
             os.replace(tmp, path)
         except (RuntimeError, OSError) as exc:
             raise VectorIndexError(f"cannot save the vector index to {path}: {exc}") from exc
@@ -288,6 +290,7 @@ class VectorIndex:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         _fsync_dir(path.parent)
+        return checksum
 
     @property
     def untrained_fallback(self) -> bool:
@@ -302,9 +305,19 @@ class VectorIndex:
         return int(inner.nprobe) if isinstance(inner, faiss.IndexIVF) else None
 
     @classmethod
-    def load(cls, path: Path, factory: str, dim: int, note: str = "") -> "VectorIndex":
+    def load(cls, path: Path, factory: str, dim: int, note: str = "", checksum: str | None = None) -> "VectorIndex":
+        """Read an index file; with ``checksum`` (what :meth:`save` returned), only if the file still
+        has it: faiss's reader is native code, so a file the engine did not write is never parsed."""
         import faiss
 
+        if checksum is not None:
+            try:
+                found = file_checksum(Path(path))
+            except OSError as exc:
+                raise VectorIndexError(f"cannot read the vector index {path}: {exc}") from exc
+            if found != checksum:
+                raise VectorIndexError(f"{path} is not the file the engine wrote (its checksum differs); "
+                                       "it is not read")
         try:
             index = faiss.read_index(str(path))
         except RuntimeError as exc:
@@ -315,6 +328,17 @@ class VectorIndex:
         if not own_ids and isinstance(_inner(index), faiss.IndexIVF):  # the layout that cannot remove
             raise VectorIndexError(f"{path} is an inverted file in an id map, which cannot remove vectors")
         return cls(index, factory, dim, note=note)
+
+
+def file_checksum(path: Path) -> str:
+    """SHA-256 of a file, hex, read in 8 MiB blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(8 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _exact_top(mat: np.ndarray, queries: np.ndarray, k: int, skip_rows: np.ndarray,

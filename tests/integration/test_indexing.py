@@ -313,3 +313,28 @@ def test_many_single_files_as_roots(run, tmp_path):
     files = [imagegen.photo(tmp_path / "flat" / f"f{i:04d}.jpg", seed=i, size=(16, 12)) for i in range(450)]
     assert run(*files).added == 450
     assert run(*files).unchanged == 450
+
+
+def test_an_index_file_the_engine_did_not_write_is_never_read(run, photos, monkeypatch):
+    """faiss's reader is native code: a swapped or tampered index file is refused by its checksum
+    (recorded at every save) and rebuilt from the stored vectors, without being parsed."""
+    import faiss
+
+    from searchengine import vectors as vectors_module
+    from searchengine.engine import INDEX_FILE
+
+    run(photos)
+    with SearchEngine.open(COLL) as engine:
+        path = engine.settings.collection_dir / INDEX_FILE
+        assert engine.collection.index_checksum == vectors_module.file_checksum(path)
+        good = engine.search(vector=engine.store.all_vectors(engine.collection.id)[1][0], k=1)[0].id
+    hostile = faiss.IndexIDMap2(faiss.IndexFlatIP(engine.collection.dim))  # a valid index, not ours
+    faiss.write_index(hostile, str(path))
+    parsed = []
+    real_read = faiss.read_index
+    monkeypatch.setattr(faiss, "read_index", lambda p, *a: parsed.append(p) or real_read(p, *a))
+    with SearchEngine.open(COLL, writable=True) as engine:
+        assert parsed == []  # refused before faiss saw it
+        assert engine.index.ntotal == 6  # rebuilt from the store
+        assert engine.search(vector=engine.store.all_vectors(engine.collection.id)[1][0], k=1)[0].id == good
+        assert engine.collection.index_checksum == vectors_module.file_checksum(path)

@@ -133,7 +133,7 @@ def test_a_version_1_store_is_migrated_with_its_rows_kept(tmp_path):
                      {"v": pack_vectors(np.ones((1, 4), np.float32))[0]})
     engine.dispose()
     migrated = Store(url)
-    assert migrated.schema_version() == SCHEMA_VERSION == 4
+    assert migrated.schema_version() == SCHEMA_VERSION == 5
     rec = migrated.require_collection("c")
     assert rec.text_index_seq == 0 and rec.ocr == 0
     row = migrated.images_by_ids(rec.id, [7])[7]
@@ -147,6 +147,9 @@ def test_a_version_1_store_is_migrated_with_its_rows_kept(tmp_path):
     assert migrated.roots(rec.id) == ["/photos"]  # version 4: the folders of the images it holds
     migrated.add_roots(rec.id, ["/photos/2024", "/more"])  # a folder inside a known root adds nothing
     assert migrated.roots(rec.id) == ["/more", "/photos"]
+    assert rec.index_checksum is None  # version 5: recorded at the index's next save
+    migrated.set_index_state(rec.id, 1, "", checksum="ab" * 32)
+    assert migrated.require_collection("c").index_checksum == "ab" * 32
     migrated.close()
 
 
