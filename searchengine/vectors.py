@@ -146,10 +146,12 @@ class VectorIndex:
         if len(ids):
             vi.add(ids, vectors)
         if factory == AUTO and not vi.untrained_fallback:
-            vi.note = f"auto: {vi.chosen} for {len(ids):,} vectors"
-            if vi.chosen != "Flat":
+            if vi.chosen == "Flat":
+                vi.note = f"auto: exact Flat search below {AUTO_EXACT_LIMIT:,} vectors"
+            else:
                 nprobe, recall = vi.tune_nprobe(np.asarray(ids), vectors)
-                vi.note += f", nprobe {nprobe}: recall@10 {recall:.3f} of exact on {_CALIBRATION_QUERIES} stored vectors"
+                vi.note = (f"auto: {vi.chosen} trained at {len(ids):,} vectors, nprobe {nprobe}: recall@10 "
+                           f"{recall:.3f} of exact on {min(len(ids), _CALIBRATION_QUERIES)} stored vectors")
         return vi
 
     def tune_nprobe(self, ids: np.ndarray, vectors: np.ndarray, target: float = AUTO_TARGET_RECALL,

@@ -37,7 +37,7 @@ def test_small_collections_search_exactly():
     data = clustered(500, 0)
     index = VectorIndex.build("auto", DIM, np.arange(500), data)
     assert (index.factory, index.chosen, index.inner_type, index.nprobe) == ("auto", "Flat", "IndexFlatIP", None)
-    assert "auto: Flat for 500 vectors" in index.note
+    assert index.note == f"auto: exact Flat search below {vectors.AUTO_EXACT_LIMIT:,} vectors"
 
 
 def test_large_collections_get_an_ivf_tuned_to_the_target_recall(monkeypatch, tmp_path):
@@ -46,6 +46,7 @@ def test_large_collections_get_an_ivf_tuned_to_the_target_recall(monkeypatch, tm
     index = VectorIndex.build("auto", DIM, ids, data)
     assert index.chosen == "IVF128,SQfp16" and index.inner_type == "IndexIVFScalarQuantizer"
     assert 1 <= index.nprobe < 128  # tuned, not a scan of every list
+    assert index.note.startswith("auto: IVF128,SQfp16 trained at 20,000 vectors, nprobe ")
     assert "recall@10" in index.note and f"nprobe {index.nprobe}" in index.note
     # fresh queries from the same distribution (not the calibration set) reach the target too
     assert recall_at_10(index, data, ids, clustered(200, 2)) >= 0.95
