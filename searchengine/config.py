@@ -13,13 +13,15 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-__all__ = ["Settings", "DEFAULT_MODEL", "LITE_MODEL", "DEFAULT_INDEX_FACTORY", "default_data_dir"]
+__all__ = ["Settings", "DEFAULT_MODEL", "LITE_MODEL", "DEFAULT_INDEX_FACTORY", "PRECISIONS", "default_data_dir"]
 
 DEFAULT_MODEL = "ViT-B-32:laion2b_s34b_b79k"
 #: The offline model new collections fall back to when no model is named and DEFAULT_MODEL cannot be loaded.
 LITE_MODEL = "lite"
 #: exact search below 100,000 vectors, a tuned inverted file above (see searchengine.vectors.choose_factory)
 DEFAULT_INDEX_FACTORY = "auto"
+#: ``auto``: fp16 on CUDA; bf16 on CPUs with AMX when the model stays within cosine 0.99 of fp32; else fp32
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -73,8 +75,8 @@ class Settings:
             raise ConfigError("batch size must be at least 1 (or 0 to choose for the device)")
         if self.max_pixels < 1:
             raise ConfigError("max pixels must be at least 1")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ConfigError(f"unknown precision {self.precision!r}: use auto, fp32, bf16 or fp16")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
 
     @classmethod
     def from_env(cls, **overrides: object) -> "Settings":

@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Sequence, Union
 import numpy as np
 
 from .config import Settings
-from .errors import CollectionNotFoundError, ModelMismatchError, NotFoundError, QueryError, VectorIndexError
+from .errors import (
+    CollectionNotFoundError,
+    IndexChecksumError,
+    ModelMismatchError,
+    NotFoundError,
+    QueryError,
+    VectorIndexError,
+)
 from .store import CollectionRecord, FileErrorRecord, ImageRecord, ProductRecord, Store, VectorKind
 from .vectors import VectorIndex, needs_rechoice, normalize_factory
 
@@ -298,7 +305,7 @@ class SearchEngine:
                                          note=rec.index_note if kind == "images" else "", checksum=checksum)
                 break
             except VectorIndexError as exc:
-                if attempt == 1 and "checksum" in str(exc):
+                if attempt == 1 and isinstance(exc, IndexChecksumError):
                     # a writer may have replaced the file a moment before recording its checksum
                     time.sleep(0.2)
                     self._refresh()

@@ -11,6 +11,7 @@ Library code raises these; only the CLI turns them into messages and exit codes
     ├── StoreError
     │   └── CollectionNotFoundError
     ├── VectorIndexError       faiss index cannot be built, trained, loaded or saved
+    │   └── IndexChecksumError an index file is not the one the engine wrote
     ├── ImageDecodeError       one file cannot be decoded safely (a per-file error)
     └── QueryError             a query that cannot be run (empty text, unreadable image)
         └── NotFoundError      an id that names no live image
@@ -27,6 +28,7 @@ __all__ = [
     "StoreError",
     "CollectionNotFoundError",
     "VectorIndexError",
+    "IndexChecksumError",
     "ImageDecodeError",
     "QueryError",
     "NotFoundError",
@@ -63,6 +65,10 @@ class CollectionNotFoundError(StoreError):
 
 class VectorIndexError(SearchEngineError):
     """The vector index cannot be built, trained, loaded or saved."""
+
+
+class IndexChecksumError(VectorIndexError):
+    """An index file does not have the checksum recorded when the engine wrote it."""
 
 
 class ImageDecodeError(SearchEngineError):

@@ -27,7 +27,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .errors import ConfigError, VectorIndexError
+from .errors import ConfigError, IndexChecksumError, VectorIndexError
 
 __all__ = ["VectorIndex", "normalize_factory", "choose_factory", "needs_rechoice", "AUTO", "AUTO_EXACT_LIMIT", "AUTO_TARGET_RECALL"]
 
@@ -172,7 +172,8 @@ class VectorIndex:
         rng = np.random.default_rng(seed)
         rows = rng.choice(len(mat), size=min(queries, len(mat)), replace=False)
         q = mat[rows]
-        truth = [set(ids[top].tolist()) for top in _exact_top(mat, q, k, rows)]
+        _, exact = faiss.knn(q, mat, k + 1, metric=faiss.METRIC_INNER_PRODUCT)  # exact, in bounded blocks
+        truth = [set(ids[[r for r in top if r != row][:k]].tolist()) for top, row in zip(exact, rows)]
         nprobe, recall = min(ivf.nlist, max(8, ivf.nlist // 64)), 0.0
         while True:
             ivf.nprobe = nprobe
@@ -318,8 +319,8 @@ class VectorIndex:
             except OSError as exc:
                 raise VectorIndexError(f"cannot read the vector index {path}: {exc}") from exc
             if found != checksum:
-                raise VectorIndexError(f"{path} is not the file the engine wrote (its checksum differs); "
-                                       "it is not read")
+                raise IndexChecksumError(f"{path} is not the file the engine wrote (its checksum differs); "
+                                         "it is not read")
         try:
             index = faiss.read_index(str(path))
         except RuntimeError as exc:
@@ -341,23 +342,6 @@ def file_checksum(path: Path) -> str:
         while block := fh.read(8 << 20):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _exact_top(mat: np.ndarray, queries: np.ndarray, k: int, skip_rows: np.ndarray,
-               chunk: int = 65536) -> np.ndarray:
-    """Row numbers of each query's exact top ``k`` (its own row ``skip_rows[i]`` left out), in chunks
-    so memory stays bounded at any collection size."""
-    best_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
-    best_i = np.zeros((len(queries), k), dtype=np.int64)
-    for start in range(0, len(mat), chunk):
-        scores = queries @ mat[start : start + chunk].T
-        mine = (skip_rows >= start) & (skip_rows < start + len(scores[0]))
-        scores[mine, skip_rows[mine] - start] = -np.inf
-        all_s = np.concatenate([best_s, scores], axis=1)
-        all_i = np.concatenate([best_i, np.broadcast_to(np.arange(start, start + scores.shape[1]), scores.shape)], axis=1)
-        top = np.argpartition(-all_s, k - 1, axis=1)[:, :k]
-        best_s, best_i = np.take_along_axis(all_s, top, 1), np.take_along_axis(all_i, top, 1)
-    return best_i
 
 
 def _training_sample(mat: np.ndarray, factory: str, per_list: int = 64, seed: int = 0) -> np.ndarray:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
+from ..config import PRECISIONS
 from ..errors import ConfigError, ModelLoadError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -28,8 +29,6 @@ __all__ = ["ClipEncoder", "load_encoder", "load_default_encoder", "parse_spec", 
 log = logging.getLogger(__name__)
 
 PROBE_TEXTS = ("a photo of a dog on a beach", "red sports car")
-#: ``auto``: fp16 on CUDA; bf16 on CPUs with AMX when the model stays within cosine 0.99 of fp32; else fp32
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: the least cosine between a reduced-precision embedding and fp32 that ``auto`` accepts
 MIN_PRECISION_COSINE = 0.99
 _WEIGHT_SUFFIXES = ("*.safetensors", "*.bin", "*.pth", "*.pt")
@@ -136,7 +135,7 @@ class ClipEncoder:
         self.dtype = next(model.parameters()).dtype
         #: split image batches into chunks of this many (convnets on CPU run faster on small chunks)
         self.micro_batch = micro_batch
-        #: why the precision in use was chosen (shown by benchmarks and ``status``)
+        #: why the precision in use was chosen (logged at load, reported by the benchmarks)
         self.precision_note = ""
         self.pil_stage, self.tensor_stage = _split_preprocess(preprocess)
         self.image_size = _image_size(model)
@@ -298,11 +297,11 @@ def load_encoder(spec: str, device: str = "auto", precision: str = "auto") -> Cl
 
 
 def _load(spec: str, device: str, precision: str) -> ClipEncoder:
-    from .lite import build_lite, resolve_lite
+    from .lite import resolve_lite
 
     lite_dir = resolve_lite(spec.strip())
     if lite_dir is not None:
-        return _load_lite(spec, lite_dir, select_device(device), precision, build_lite)
+        return _load_lite(spec, lite_dir, select_device(device), precision)
     parsed = parse_spec(spec)
     if parsed.model_name.startswith("local-dir:"):
         _check_local_dir(Path(parsed.model_name.partition(":")[2]), spec)
@@ -336,10 +335,12 @@ def _load(spec: str, device: str, precision: str) -> ClipEncoder:
     return encoder
 
 
-def _load_lite(spec: str, folder: Path, device: str, precision: str, build: Callable) -> ClipEncoder:
+def _load_lite(spec: str, folder: Path, device: str, precision: str) -> ClipEncoder:
     import torch
 
-    model, preprocess, tokenizer = build(folder)
+    from .lite import build_lite
+
+    model, preprocess, tokenizer = build_lite(folder)
     model = model.to(device)
     if device.startswith("cuda"):
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32 if precision == "fp32" else torch.float16
@@ -413,8 +414,10 @@ def _encode_text_trimmed(model: Any, tokens: "torch.Tensor") -> "torch.Tensor":
 
     In a causal tower a position attends only to itself and earlier ones, and the text's vector is
     read at its end token, so the padding after the longest text never reaches the result: cutting
-    it is exact, and a short query costs a few positions instead of 77 (about 5x faster).
+    it is exact, and a short query costs a few positions instead of 77 (measured for a one-line
+    query on 2 cores: 37 -> 18 ms in fp32, 19 -> 14 ms in bf16).
     """
+    import torch
     from open_clip.transformer import text_global_pool
 
     used = int((tokens != 0).any(dim=0).nonzero().max()) + 1 if tokens.numel() else 1
@@ -425,14 +428,8 @@ def _encode_text_trimmed(model: Any, tokens: "torch.Tensor") -> "torch.Tensor":
     x = model.ln_final(x)
     x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
     if model.text_projection is not None:
-        x = model.text_projection(x) if isinstance(model.text_projection, _linear_type()) else x @ model.text_projection
+        x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
     return x
-
-
-def _linear_type() -> type:
-    import torch
-
-    return torch.nn.Linear
 
 
 def _normalise(out: "torch.Tensor") -> np.ndarray:
