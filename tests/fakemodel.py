@@ -66,3 +66,10 @@ def color_image(path, name: str, size=(24, 16)):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", size, COLORS[name]).save(path)
     return path
+
+
+def color_folder(folder):
+    """``folder`` with one image per colour, ``NAME.png``."""
+    for name in COLORS:
+        color_image(folder / f"{name}.png", name)
+    return folder

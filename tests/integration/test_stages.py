@@ -16,7 +16,7 @@ from indexer import index_folder
 from searchengine import SearchEngine
 from searchengine.cli import app
 from searchengine.errors import QueryError
-from tests.fakemodel import COLORS, color_image, use_color_model
+from tests.fakemodel import COLORS, color_folder, use_color_model
 from tests.tinyblip import make_tiny_blip
 
 runner = CliRunner()
@@ -32,9 +32,7 @@ def blip(tmp_path_factory) -> dict[str, str]:
 def colours(tmp_path, monkeypatch):
     """A colour collection: one image per colour in ``pics/``; returns (engine factory, folder, spec)."""
     spec = use_color_model(monkeypatch)
-    pics = tmp_path / "pics"
-    for name in COLORS:
-        color_image(pics / f"{name}.png", name)
+    pics = color_folder(tmp_path / "pics")
     index_folder([pics], collection="c", model=spec)
     return pics, spec
 

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from indexer import index_folder  # noqa: E402
 from searchengine.config import Settings  # noqa: E402
 from searchengine.server import ServerConfig, app_for  # noqa: E402
-from tests.fakemodel import COLORS, color_image, use_color_model  # noqa: E402
+from tests.fakemodel import color_folder, use_color_model  # noqa: E402
 
 READ, ADMIN = "read-key-123", "admin-key-456"
 
@@ -19,9 +19,7 @@ READ, ADMIN = "read-key-123", "admin-key-456"
 @pytest.fixture
 def pics(tmp_path, monkeypatch):
     spec = use_color_model(monkeypatch)
-    folder = tmp_path / "pics"
-    for name in COLORS:
-        color_image(folder / f"{name}.png", name)
+    folder = color_folder(tmp_path / "pics")
     (folder / "red.txt").write_text("a red square")  # a sidecar caption
     (folder / "green.json").write_text('{"caption": "a green field", "season": "spring"}')
     (folder / "blue.json").write_text('{"season": "winter"}')
