@@ -24,6 +24,7 @@ import io
 import logging
 import os
 import re
+import stat
 import struct
 import warnings
 import zlib
@@ -41,6 +42,7 @@ __all__ = [
     "ImageSource",
     "allowed_formats",
     "image_extensions",
+    "open_regular",
     "safe_open",
     "to_rgb",
 ]
@@ -107,6 +109,33 @@ def _open_formats() -> tuple[str, ...]:
     return tuple(name for name in allowed_formats() if name in Image.OPEN)
 
 
+_SPECIAL_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
+                  (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"))
+
+
+def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
+    """Open ``path`` for binary reading if it is a regular file, or raise ImageDecodeError.
+
+    The file is opened without blocking and checked through its descriptor, so a named pipe
+    (or a file swapped for one after a scan) is refused instead of blocking the reader forever,
+    and there is no gap between the check and the open.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise ImageDecodeError(f"cannot read file: {exc.strerror or exc}") from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _SPECIAL_KINDS if test(mode)), "a special file")
+            raise ImageDecodeError(f"cannot read file: it is {kind}, not a regular file")
+        return os.fdopen(fd, "rb")  # O_NONBLOCK does not change reads of a regular file
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def safe_open(
     source: ImageSource,
     *,
@@ -125,11 +154,7 @@ def safe_open(
     if isinstance(source, (bytes, bytearray, memoryview)):
         return _decode(io.BytesIO(source), max_pixels, draft_size)
     if isinstance(source, (str, os.PathLike)):
-        try:
-            fp = open(source, "rb")  # noqa: SIM115 - closed by the with below
-        except OSError as exc:
-            raise ImageDecodeError(f"cannot read file: {exc.strerror or exc}") from exc
-        with fp:
+        with open_regular(source) as fp:
             return _decode(fp, max_pixels, draft_size)
     return _decode(source, max_pixels, draft_size)
 
