@@ -35,6 +35,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     literal,
     or_,
     select,
@@ -253,6 +254,38 @@ def outermost(paths: Iterable[str]) -> list[str]:
     """The paths that are not below another of them, sorted."""
     out = sorted(set(paths))
     return [p for p in out if not any(p != o and p.startswith(o.rstrip("/") + "/") for o in out)]
+
+
+def _insert_or(conn: Connection, table: Table, keys: Sequence[str], update: Sequence[str] = ()):
+    """``INSERT ... ON CONFLICT (keys)``: rows whose unique key exists already get the new values of the
+    ``update`` columns (nothing changes without any). A row another transaction inserted meanwhile is
+    updated, not a unique-key error: upserts rely on the constraint, not on the isolation level."""
+    name = conn.dialect.name
+    if name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    elif name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    else:
+        raise StoreError(f"the metadata store needs SQLite or PostgreSQL, not {name}")
+    stmt = dialect_insert(table)
+    if not update:
+        return stmt.on_conflict_do_nothing(index_elements=list(keys))
+    return stmt.on_conflict_do_update(index_elements=list(keys), set_={c: stmt.excluded[c] for c in update})
+
+
+#: The PostgreSQL advisory lock that one process at a time holds while it migrates the schema.
+_SCHEMA_LOCK = 0x736561726368  # "search"
+
+
+def _lock_schema(conn: Connection) -> None:
+    """Migrate one process at a time: another one that opened the store meanwhile waits, then
+    finds the schema current (without the lock both would create the same tables)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(select(func.pg_advisory_xact_lock(_SCHEMA_LOCK)))
+    elif conn.dialect.name == "sqlite":
+        # sqlite3 begins a transaction only before its first INSERT/UPDATE/DELETE, so migrations'
+        # CREATE/ALTER statements ran outside it; an immediate transaction holds them and the write lock
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _m001_initial(conn: Connection) -> None:
@@ -551,9 +584,13 @@ class Store:
 
     # -- schema ---------------------------------------------------------------------------
     def _migrate(self) -> None:
+        with self.engine.connect() as conn:
+            if inspect(conn).has_table("schema_version") and self._version(conn) == SCHEMA_VERSION:
+                return  # the usual case: no lock, no write (a read-only database opens)
         with self.engine.begin() as conn:
+            _lock_schema(conn)
             metadata.create_all(conn, tables=[schema_version])
-            current = conn.execute(select(func.max(schema_version.c.version))).scalar() or 0
+            current = self._version(conn)
             if current > SCHEMA_VERSION:
                 raise StoreError(
                     f"the store's schema version {current} is newer than this engine's ({SCHEMA_VERSION}); upgrade searchengine"
@@ -564,7 +601,11 @@ class Store:
 
     def schema_version(self) -> int:
         with self.engine.connect() as conn:
-            return int(conn.execute(select(func.max(schema_version.c.version))).scalar() or 0)
+            return self._version(conn)
+
+    @staticmethod
+    def _version(conn: Connection) -> int:
+        return int(conn.execute(select(func.max(schema_version.c.version))).scalar() or 0)
 
     # -- collections ----------------------------------------------------------------------
     def get_collection(self, name: str) -> CollectionRecord | None:
@@ -586,13 +627,17 @@ class Store:
 
     def create_collection(self, name: str, model_spec: str, dim: int, fingerprint: bytes,
                           fingerprint_id: str, index_factory: str) -> CollectionRecord:
+        """The new collection, or the one another process created meanwhile with the same model."""
         with self.engine.begin() as conn:
-            conn.execute(insert(collections).values(
+            conn.execute(_insert_or(conn, collections, ["name"]).values(
                 name=name, model_spec=model_spec, dim=dim, fingerprint=fingerprint,
                 fingerprint_id=fingerprint_id, index_factory=index_factory, index_note="",
                 next_seq=1, index_seq=0, text_index_seq=0, ocr=0, created_at=time.time(),
             ))
-        return self.require_collection(name)
+        rec = self.require_collection(name)
+        if (rec.model_spec, rec.dim) != (model_spec, dim):
+            raise StoreError(f"collection {name!r} was created meanwhile with the model {rec.model_spec}")
+        return rec
 
     def set_index_state(self, collection_id: int, index_seq: int, note: str, kind: VectorKind = "images",
                         checksum: str | None = None) -> None:
@@ -763,8 +808,11 @@ class Store:
                 rows = [dict(collection_id=collection_id, path=n.path, size=n.size, mtime=n.mtime,
                              content_hash=n.content_hash, width=n.width, height=n.height, vector=b, ext=file_type(n.path),
                              source=n.source, seq=seq, indexed_at=now) for n, b in zip(new, blobs)]
-                result = conn.execute(insert(images).returning(images.c.id, sort_by_parameter_order=True), rows)
-                new_ids = [int(r[0]) for r in result]
+                # by path: a row written at the same path meanwhile is replaced and keeps its id
+                upsert = _insert_or(conn, images, ["collection_id", "path"], [c for c in rows[0] if c != "collection_id"])
+                by_path = {p: int(i) for i, p in conn.execute(upsert.returning(images.c.id, images.c.path), rows)}
+                new_ids = [by_path[n.path] for n in new]
+                _forget_derived(conn, new_ids)  # of such a row's old content
             for image_id, n in touched:
                 conn.execute(update(images).where(images.c.id == image_id).values(size=n.size, mtime=n.mtime))
             written = list(zip(new_ids, new)) + [*updated, *moved, *touched]
@@ -778,17 +826,19 @@ class Store:
 
     @staticmethod
     def _next_seq(conn: Connection, collection_id: int) -> int:
-        seq = int(conn.execute(select(collections.c.next_seq).where(collections.c.id == collection_id)).scalar_one())
-        conn.execute(update(collections).where(collections.c.id == collection_id).values(next_seq=seq + 1))
-        return seq
+        """Take the collection's next sequence number: one atomic increment, so concurrent writers
+        never share one (a read, then a write, would let both read the same number)."""
+        taken = conn.execute(update(collections).where(collections.c.id == collection_id)
+                             .values(next_seq=collections.c.next_seq + 1).returning(collections.c.next_seq)).scalar_one()
+        return int(taken) - 1
 
     @staticmethod
     def _write_errors(conn: Connection, collection_id: int, errors: Sequence[FileErrorRecord]) -> None:
-        for err in errors:
-            conn.execute(delete(file_errors).where(file_errors.c.collection_id == collection_id,
-                                                   file_errors.c.path == err.path))
-            conn.execute(insert(file_errors).values(collection_id=collection_id, path=err.path, size=err.size,
-                                                    mtime=err.mtime, error=err.error, at=err.at))
+        latest = {err.path: err for err in errors}  # one row per path: its last error
+        if latest:
+            conn.execute(_insert_or(conn, file_errors, ["collection_id", "path"], ["size", "mtime", "error", "at"]),
+                         [dict(collection_id=collection_id, path=e.path, size=e.size, mtime=e.mtime, error=e.error,
+                               at=e.at) for e in latest.values()])
 
     def _write_image_meta(self, conn: Connection, cid: int, seq: int, written: Sequence[tuple[int, NewImage]],
                           text_vectors: Mapping[str, np.ndarray]) -> None:
@@ -816,32 +866,23 @@ class Store:
                        text_vectors: Mapping[str, np.ndarray] | None = None, errors: Sequence[FileErrorRecord] = (),
                        cleared_errors: Sequence[str] = ()) -> list[int]:
         """Insert or update products by key and delete ``removed`` ones, in one transaction; returns the ids."""
+        columns = ["title", "description", "caption", "catalog", "fingerprint", "updated_at"]
         with self.engine.begin() as conn:
             seq = self._next_seq(conn, collection_id)
-            keys = [p.key for p in upserts]
-            existing: dict[str, int] = {}
-            for chunk in _chunks(keys, 900):
-                existing.update((k, int(i)) for k, i in conn.execute(select(products.c.product_key, products.c.id).where(
-                    products.c.collection_id == collection_id, products.c.product_key.in_(chunk))))
-            touched_products = [existing[k] for k in keys if k in existing] + list(removed)
-            affected = set(_linked_images(conn, touched_products))
-            ids: list[int] = []
-            for p in upserts:
-                values = dict(title=p.title, description=p.description, caption=p.caption, catalog=p.catalog,
-                              fingerprint=p.fingerprint, updated_at=time.time())
-                if p.key in existing:
-                    pid = existing[p.key]
-                    conn.execute(update(products).where(products.c.id == pid).values(**values))
-                    conn.execute(delete(product_images).where(product_images.c.product_id == pid))
-                    conn.execute(delete(attributes).where(attributes.c.product_id == pid))
-                else:
-                    pid = int(conn.execute(insert(products).values(
-                        collection_id=collection_id, product_key=p.key, **values).returning(products.c.id)).scalar_one())
-                ids.append(pid)
-                links = [dict(product_id=pid, position=pos, ref=ref, image_id=img) for pos, ref, img in p.images]
-                if links:
-                    conn.execute(insert(product_images), links)
-                affected.update(img for _, _, img in p.images if img is not None)
+            upsert = _insert_or(conn, products, ["collection_id", "product_key"], columns).returning(products.c.id)
+            ids = [int(conn.execute(upsert, dict(
+                collection_id=collection_id, product_key=p.key, title=p.title, description=p.description,
+                caption=p.caption, catalog=p.catalog, fingerprint=p.fingerprint, updated_at=time.time())).scalar_one())
+                for p in upserts]  # by key: each row is now locked by this transaction
+            affected = set(_linked_images(conn, ids + list(removed)))  # images whose documents change
+            for chunk in _chunks(ids, 900):  # an updated product's links and attributes are replaced
+                conn.execute(delete(product_images).where(product_images.c.product_id.in_(chunk)))
+                conn.execute(delete(attributes).where(attributes.c.product_id.in_(chunk)))
+            links = [dict(product_id=pid, position=pos, ref=ref, image_id=img)
+                     for pid, p in zip(ids, upserts) for pos, ref, img in p.images]
+            if links:
+                conn.execute(insert(product_images), links)
+            affected.update(link["image_id"] for link in links if link["image_id"] is not None)
             _insert_attributes(conn, collection_id, [("product_id", pid, p.attributes) for pid, p in zip(ids, upserts)])
             fields = [(pid, f, getattr(p, f)) for pid, p in zip(ids, upserts) for f in ("title", "caption")]
             _sync_texts(conn, collection_id, seq, "product_id", fields, text_vectors or {})
@@ -975,12 +1016,10 @@ class Store:
     def put_generated(self, task: str, model: str, question: str, items: Mapping[str, str]) -> None:
         now = time.time()
         with self.engine.begin() as conn:
+            upsert = _insert_or(conn, generated, ["content_hash", "task", "model", "question"], ["text", "created_at"])
             for chunk in _chunks(sorted(items), 900):
-                conn.execute(delete(generated).where(
-                    generated.c.task == task, generated.c.model == model, generated.c.question == question,
-                    generated.c.content_hash.in_(chunk)))
-                conn.execute(insert(generated), [dict(content_hash=h, task=task, model=model, question=question,
-                                                      text=items[h], created_at=now) for h in chunk])
+                conn.execute(upsert, [dict(content_hash=h, task=task, model=model, question=question,
+                                           text=items[h], created_at=now) for h in chunk])
 
     def set_caption_model(self, collection_id: int, model: str | None) -> None:
         """The model whose captions are the collection's searchable generated text; another model
@@ -1034,9 +1073,10 @@ class Store:
         with self.engine.begin() as conn:
             have = set(conn.execute(select(roots.c.path).where(roots.c.collection_id == collection_id)).scalars())
             todo = [p for p in new if p not in have and p in outermost(have | {p})]  # not inside a known root
-            if todo:
+            if todo:  # one added meanwhile by another process is kept
                 now = time.time()
-                conn.execute(insert(roots), [dict(collection_id=collection_id, path=p, added_at=now) for p in todo])
+                conn.execute(_insert_or(conn, roots, ["collection_id", "path"]),
+                             [dict(collection_id=collection_id, path=p, added_at=now) for p in todo])
 
     def roots(self, collection_id: int) -> list[str]:
         with self.engine.connect() as conn:

@@ -57,3 +57,15 @@ def run(tiny_model, request):
         return index_folder(list(paths), collection=collection, model=tiny_model, **kw)
 
     return _run
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    """An empty database for a ``Store``, once on SQLite and once on PostgreSQL (see tests/pg.py)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'db' / 'test.db'}"
+        return
+    from tests.pg import fresh_database
+
+    with fresh_database() as url:
+        yield url

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sqlalchemy import text
@@ -18,8 +20,9 @@ from searchengine.store import (
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store(f"sqlite:///{tmp_path / 'db' / 'test.db'}")
+def store(store_url):
+    """A new store, on SQLite and on PostgreSQL (``store_url`` in tests/conftest.py)."""
+    s = Store(store_url)
     yield s
     s.close()
 
@@ -32,14 +35,20 @@ def img(path: str, h: str = "h") -> NewImage:
     return NewImage(path=path, size=10, mtime=1.5, content_hash=h, width=3, height=2)
 
 
-def test_schema_is_migrated_once_and_sqlite_uses_wal(store, tmp_path):
+def test_schema_is_migrated_once(store):
     assert store.schema_version() == SCHEMA_VERSION
     again = Store(store.url)
     assert again.schema_version() == SCHEMA_VERSION
     with again.engine.connect() as conn:
-        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("SELECT count(*) FROM schema_version")).scalar() == SCHEMA_VERSION
     again.close()
+
+
+def test_sqlite_uses_wal(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'wal.db'}")
+    with store.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+    store.close()
 
 
 def test_a_newer_schema_is_refused(store):
@@ -85,13 +94,20 @@ def test_write_batch_new_update_move_remove_and_errors(store):
     assert sorted(store.live_ids(cid).tolist()) == ids[:2]
 
 
-def test_paths_are_unique_per_collection(store):
+def test_paths_are_unique_per_collection_and_a_new_row_at_a_known_path_replaces_it(store):
+    """Another writer may have stored the path meanwhile: the row is upserted by (collection, path),
+    keeps its id, gets the new content and loses what was derived from the old one."""
     cid = coll(store).id
-    store.write_batch(cid, new=[img("/a/1.jpg")], new_vectors=np.zeros((1, 4), np.float32))
-    with pytest.raises(StoreError):
-        store.write_batch(cid, new=[img("/a/1.jpg")], new_vectors=np.zeros((1, 4), np.float32))
+    (first,), _ = store.write_batch(cid, new=[img("/a/1.jpg", "h1")], new_vectors=np.eye(4, dtype=np.float32)[:1])
+    store.replace_tags(cid, [(first, "cat", 0.9)])
+    (again,), _ = store.write_batch(cid, new=[img("/a/1.jpg", "h2")], new_vectors=np.eye(4, dtype=np.float32)[1:2])
+    assert again == first and store.count_images(cid) == 1
+    assert store.image_by_path(cid, "/a/1.jpg").content_hash == "h2"
+    np.testing.assert_array_equal(store.vectors_for(cid, [first]), np.eye(4, dtype=np.float32)[1:2])
+    assert store.attributes_of_images([first]) == {}  # the old content's tag is gone
     other = coll(store, "d").id
-    store.write_batch(other, new=[img("/a/1.jpg")], new_vectors=np.zeros((1, 4), np.float32))
+    (elsewhere,), _ = store.write_batch(other, new=[img("/a/1.jpg")], new_vectors=np.zeros((1, 4), np.float32))
+    assert elsewhere != first and store.count_images(other) == 1
 
 
 def test_store_errors_are_store_errors(tmp_path):
@@ -112,22 +128,24 @@ def test_big_sizes_fit(store):
     assert store.images_by_ids(cid, ids)[ids[0]].size == 5 * 2**30
 
 
-def test_a_version_1_store_is_migrated_with_its_rows_kept(tmp_path):
+def test_a_version_1_store_is_migrated_with_its_rows_kept(store_url):
     """A database written by the first release opens, gains the v2 tables and keeps its images."""
     from sqlalchemy import create_engine, insert
     from sqlalchemy import text as sql
 
     from searchengine import store as store_module
 
-    url = f"sqlite:///{tmp_path / 'v1.db'}"
+    url = store_url
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url)
     with engine.begin() as conn:
         store_module.metadata.create_all(conn, tables=[store_module.schema_version])
         store_module._m001_initial(conn)
         conn.execute(insert(store_module.schema_version).values(version=1))
         conn.execute(sql("INSERT INTO collections (id, name, model_spec, dim, fingerprint, fingerprint_id, index_factory,"
-                         " index_note, next_seq, index_seq, created_at) VALUES (1, 'c', 'm', 4, x'00', 'fp', 'Flat', '',"
-                         " 2, 1, 0)"))
+                         " index_note, next_seq, index_seq, created_at) VALUES (1, 'c', 'm', 4, :fp, 'fp', 'Flat', '',"
+                         " 2, 1, 0)"), {"fp": b"\0"})
         conn.execute(sql("INSERT INTO images (id, collection_id, path, size, mtime, content_hash, width, height, vector,"
                          " seq, indexed_at) VALUES (7, 1, '/photos/Eiffel_Tower.JPEG', 10, 1.0, 'h', 3, 2, :v, 1, 0)"),
                      {"v": pack_vectors(np.ones((1, 4), np.float32))[0]})
