@@ -24,6 +24,7 @@ from .errors import (
     ModelMismatchError,
     QueryError,
     SearchEngineError,
+    WriterBusyError,
 )
 
 app = typer.Typer(
@@ -42,6 +43,7 @@ EXIT_CODES: list[tuple[type[SearchEngineError], int]] = [
     (ModelLoadError, 4),
     (ModelMismatchError, 5),
     (QueryError, 6),
+    (WriterBusyError, 7),
     (SearchEngineError, 1),
 ]
 

@@ -21,6 +21,7 @@ from .errors import (
     QueryError,
     VectorIndexError,
 )
+from .locks import WriterLock
 from .store import CollectionRecord, FileErrorRecord, ImageRecord, ProductRecord, Store, VectorKind
 from .vectors import VectorIndex, needs_rechoice, normalize_factory
 
@@ -173,17 +174,29 @@ class SearchEngine:
     """
 
     def __init__(self, settings: Settings, store: Store, collection: CollectionRecord,
-                 encoder: "ClipEncoder | None" = None, *, writable: bool = False) -> None:
+                 encoder: "ClipEncoder | None" = None, *, writable: bool = False,
+                 writer_lock: WriterLock | None = None, refresh_every: float | None = 1.0) -> None:
         self.settings = settings
         self.store = store
         self.collection = collection
         self.writable = writable
+        self._writer_lock = writer_lock
+        if writable and writer_lock is None:
+            self._writer_lock = WriterLock(settings.collection_dir, collection.name).acquire()
+        self.refresh_every = None if writable else refresh_every
         self._encoder = encoder
         self._encoder_checked = False
         self._text_index: VectorIndex | None = None
         self._stages: dict[tuple[str, str], Any] = {}  # loaded rerankers, captioners, answerers
         self._load_lock = threading.RLock()  # threads (the HTTP server) load each model once
-        self.index = self._load_index()
+        self._refresh_lock = threading.Lock()
+        try:
+            self.index = self._load_index()
+        except BaseException:
+            self._release_writer()
+            raise
+        self._generation = self._stamp(collection)
+        self._checked_at = time.monotonic()
 
     # -- opening --------------------------------------------------------------------------
     @classmethod
@@ -199,7 +212,14 @@ class SearchEngine:
         settings = settings or Settings.from_env(
             collection=collection, data_dir=Path(data_dir) if data_dir is not None else None, db_url=db,
             model=model, device=device, index_factory=index_factory)
-        store = Store(settings.database_url)
+        writable = create if writable is None else writable
+        lock = WriterLock(settings.collection_dir, settings.collection).acquire() if writable else None
+        try:
+            store = Store(settings.database_url)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
         try:
             record = store.get_collection(settings.collection)
             encoder = None
@@ -214,9 +234,11 @@ class SearchEngine:
                     f"collection {record.name!r} was built with model {record.model_spec!r}, not "
                     f"{canonical_spec(settings.model)!r}; drop --model to use the collection's model, "
                     "or index into another --collection")
-            return cls(settings, store, record, encoder, writable=create if writable is None else writable)
+            return cls(settings, store, record, encoder, writable=writable, writer_lock=lock)
         except BaseException:
             store.close()
+            if lock is not None:
+                lock.release()
             raise
 
     @staticmethod
@@ -241,6 +263,43 @@ class SearchEngine:
 
     def close(self) -> None:
         self.store.close()
+        self._release_writer()
+
+    def _release_writer(self) -> None:
+        if self._writer_lock is not None:
+            self._writer_lock.release()
+            self._writer_lock = None
+
+    # -- picking up another process's writes ------------------------------------------------
+    @staticmethod
+    def _stamp(rec: CollectionRecord) -> tuple:
+        return (rec.index_seq, rec.text_index_seq, rec.index_factory, rec.index_checksum, rec.text_index_checksum)
+
+    def refresh(self, force: bool = False) -> bool:
+        """Load the collection's index again if a writer saved a new generation since it was loaded.
+
+        A read-only engine calls this itself before each search, at most every ``refresh_every``
+        seconds (``None``: never), so a long-lived reader sees what another process indexed without
+        reopening. Searches already running finish on the index they started with. True when a new
+        generation was loaded."""
+        if self.writable:
+            return False
+        now = time.monotonic()
+        if not force and (self.refresh_every is None or now - self._checked_at < self.refresh_every):
+            return False
+        with self._refresh_lock:
+            if not force and now - self._checked_at < (self.refresh_every or 0):
+                return False  # another thread checked meanwhile
+            self._checked_at = now
+            rec = self.store.get_collection(self.collection.name)
+            if rec is None or self._stamp(rec) == self._generation:
+                return False
+            self.collection = rec
+            index = self._load_index()
+            self.index, self._text_index = index, None
+            self._generation = self._stamp(rec)
+            log.info("loaded the new index generation of %r (%d vectors)", rec.name, index.ntotal)
+            return True
 
     # -- the model ------------------------------------------------------------------------
     @property
@@ -420,6 +479,7 @@ class SearchEngine:
         - ``caption`` (``True`` or a model spec) and ``ask`` (a question): a generated caption and an
           answer for each returned hit, cached per image content and model.
         """
+        self.refresh()
         if rerank is not False and rerank is not None:
             return self._reranked(text, image, query, vector, filters, k, mode, keyword_weight, min_score, sort,
                                   dedup, group, rerank, rerank_top, caption, ask)
@@ -606,6 +666,7 @@ class SearchEngine:
     def search_texts(self, text: str | None = None, image: ImageQuery | None = None, *, k: int = 10,
                      field: str | None = None, vector: np.ndarray | None = None) -> list[TextHit]:
         """Captions and product titles for an image (image->text), a text (text->text) or a vector, best first."""
+        self.refresh()
         if k < 1:
             raise QueryError("k must be at least 1")
         if sum(x is not None for x in (text, image, vector)) != 1:

@@ -13,8 +13,9 @@ Library code raises these; only the CLI turns them into messages and exit codes
     ├── VectorIndexError       faiss index cannot be built, trained, loaded or saved
     │   └── IndexChecksumError an index file is not the one the engine wrote
     ├── ImageDecodeError       one file cannot be decoded safely (a per-file error)
-    └── QueryError             a query that cannot be run (empty text, unreadable image)
-        └── NotFoundError      an id that names no live image
+    ├── QueryError             a query that cannot be run (empty text, unreadable image)
+    │   └── NotFoundError      an id that names no live image
+    └── WriterBusyError        another writer holds the collection (one writer per collection)
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ __all__ = [
     "ImageDecodeError",
     "QueryError",
     "NotFoundError",
+    "WriterBusyError",
 ]
 
 
@@ -92,3 +94,7 @@ class DownloadError(SearchEngineError):
 
 class CatalogError(ConfigError):
     """A product catalog file cannot be read (unknown format, missing columns, unreadable file)."""
+
+
+class WriterBusyError(SearchEngineError):
+    """Another process (or engine) is writing the collection; one writer per collection."""

@@ -48,18 +48,23 @@ class EngineHolder:
         with self._lock:
             self._checked = now
             if self._engine is None:
-                self._engine = self._open()
+                self._engine = self._opened()
                 self._generation = self._stamp(self._engine)
             elif self._stamp(self._engine) != self._generation:
                 self._swap()
             return self._engine
+
+    def _opened(self) -> SearchEngine:
+        engine = self._open()
+        engine.refresh_every = None  # this holder checks for new generations and swaps whole engines
+        return engine
 
     def reload(self) -> None:
         """Swap in an engine over the collection as it is now (after a write)."""
         with self._lock:
             if self._engine is None:
                 try:
-                    self._engine = self._open()
+                    self._engine = self._opened()
                 except CollectionNotFoundError:
                     return
                 self._generation = self._stamp(self._engine)
@@ -70,7 +75,8 @@ class EngineHolder:
         old = self._engine
         assert old is not None
         record = old.store.require_collection(old.collection.name)
-        new = SearchEngine(old.settings, old.store, record, old._encoder)  # the loaded model is shared
+        # the loaded model is shared; this holder, not the engine, checks for new generations
+        new = SearchEngine(old.settings, old.store, record, old._encoder, refresh_every=None)
         new._encoder_checked = old._encoder_checked
         new._stages, new._load_lock = old._stages, old._load_lock  # stages load once across swaps
         self._engine, self._generation = new, self._stamp(new)
