@@ -153,7 +153,7 @@ def tag(
     with _errors():
         from .stages import read_labels
 
-        with _open(collection, data_dir, db, device) as engine:
+        with _open(collection, data_dir, db, device, writable=True) as engine:  # tags replace the old ones
             report = engine.tag(read_labels(labels), threshold=threshold, top=top)
         if json_out:
             _echo_json(vars(report))
