@@ -19,6 +19,9 @@ the index's :attr:`VectorIndex.note` (shown by ``status``).
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import hashlib
 import os
 import re
 import tempfile
@@ -274,26 +277,47 @@ class VectorIndex:
     # -- persistence ----------------------------------------------------------------------
     def save(self, path: Path) -> str:
         """Write atomically (a temp file in the same folder, fsync, ``os.replace``, fsync the folder);
-        returns the file's SHA-256, for :meth:`load` to check."""
+        returns the file's SHA-256, for :meth:`load` to check.
+
+        The bytes go through Python's own file object: faiss's file writer reports a failed final
+        flush (a full disk, a file size limit) only on stderr when it closes the file, so a
+        truncated index would have been put in place with the checksum of its truncated bytes.
+        On any error the previous file stays as it was and the temp file is removed; temp files
+        left by a process that was killed mid-save are removed by the next save."""
         import faiss
 
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
+        digest = hashlib.sha256()
+        tmp: str | None = None
         try:
-            faiss.write_index(self._index, tmp)
-            with open(tmp, "rb") as fh:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(path)
+            fd, tmp = tempfile.mkstemp(prefix=f"{_temp_prefix(path)}{os.getpid()}.", suffix=".tmp", dir=path.parent)
+            written = 0
+            with os.fdopen(fd, "wb") as fh:
+                def sink(chunk: bytes) -> None:
+                    nonlocal written
+                    fh.write(chunk)
+                    digest.update(chunk)
+                    written += len(chunk)
+
+                faiss.write_index(self._index, faiss.PyCallbackIOWriter(sink))
+                fh.flush()
                 os.fsync(fh.fileno())
-            checksum = file_checksum(Path(tmp))
+            if os.path.getsize(tmp) != written:
+                raise OSError(f"{written} bytes written but the file holds {os.path.getsize(tmp)}")
             os.replace(tmp, path)
+            tmp = None
         except (RuntimeError, OSError) as exc:
-            raise VectorIndexError(f"cannot save the vector index to {path}: {exc}") from exc
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[-1]
+            raise VectorIndexError(f"cannot save the vector index to {path}: {reason}; "
+                                   "the previous index file is unchanged") from exc
         finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
         _fsync_dir(path.parent)
-        return checksum
+        return digest.hexdigest()
 
     @property
     def untrained_fallback(self) -> bool:
@@ -335,13 +359,48 @@ class VectorIndex:
 
 def file_checksum(path: Path) -> str:
     """SHA-256 of a file, hex, read in 8 MiB blocks."""
-    import hashlib
-
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(8 << 20):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def temp_files(path: Path) -> list[Path]:
+    """The temp files :meth:`VectorIndex.save` writes next to ``path`` (left behind only by a kill)."""
+    return sorted(path.parent.glob(f"{glob.escape(_temp_prefix(path))}*.tmp"))
+
+
+def remove_stale_temps(path: Path) -> int:
+    """Remove the temp files of saves whose process is gone (killed mid-save); returns how many.
+
+    A temp file is named after its writer's pid; one whose pid is alive on this machine is left
+    alone (it may be another process's save in progress)."""
+    removed = 0
+    for tmp in temp_files(path):
+        pid = tmp.name[len(_temp_prefix(path)):].split(".", 1)[0]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists (another user's process)
+    return True
 
 
 def _training_sample(mat: np.ndarray, factory: str, per_list: int = 64, seed: int = 0) -> np.ndarray:
