@@ -98,7 +98,9 @@ def run_files(engine: SearchEngine, scanned: ScanResult, rows: list[ImageRecord]
             options = DecodeOptions(pil_stage=encoder.pil_stage, known_hashes=writer.known_hashes,
                                     own_hashes=writer.own_hashes, max_pixels=engine.settings.max_pixels,
                                     draft_size=encoder.image_size, ocr=ocr,
-                                    ocr_hashes=store.ocr_hashes(cid) if ocr else frozenset())
+                                    ocr_hashes=store.ocr_hashes(cid) if ocr else frozenset(),
+                                    timeout=engine.settings.decode_timeout,
+                                    memory_limit=engine.settings.decode_memory())
             batch_size = engine.settings.batch_for(encoder.device)
             # decoding stays at least two batches ahead of the model, so a GPU never waits for a batch
             with closing(decode_all(work.candidates, options, engine.settings.decode_workers(),

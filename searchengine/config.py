@@ -35,6 +35,16 @@ def default_data_dir() -> Path:
     return base / "searchengine"
 
 
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -64,6 +74,10 @@ class Settings:
     batch_size: int = 0  # 0: chosen for the device (see batch_for)
     workers: int = -1  # -1: choose from the core count; 0: decode in the main process
     max_pixels: int = 100_000_000
+    #: seconds one file may take in a decode worker before the worker is killed (0: no limit)
+    decode_timeout: float = 60.0
+    #: MB a decode worker may map beyond its start (RLIMIT_AS); -1: 40 bytes a pixel of max_pixels, at least 1 GiB; 0: none
+    decode_memory_mb: int = -1
 
     def __post_init__(self) -> None:
         if not _COLLECTION_NAME.match(self.collection):
@@ -75,6 +89,10 @@ class Settings:
             raise ConfigError("batch size must be at least 1 (or 0 to choose for the device)")
         if self.max_pixels < 1:
             raise ConfigError("max pixels must be at least 1")
+        if not self.decode_timeout >= 0:
+            raise ConfigError("the decode timeout must be 0 (none) or a number of seconds")
+        if self.decode_memory_mb < -1:
+            raise ConfigError("the decode memory limit must be -1 (automatic), 0 (none) or a number of MB")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
 
@@ -91,6 +109,8 @@ class Settings:
             "index_factory": os.environ.get("SEARCHENGINE_INDEX_FACTORY") or DEFAULT_INDEX_FACTORY,
             "batch_size": _env_int("SEARCHENGINE_BATCH_SIZE", 0),
             "workers": _env_int("SEARCHENGINE_WORKERS", -1),
+            "decode_timeout": _env_float("SEARCHENGINE_DECODE_TIMEOUT", 60.0),
+            "decode_memory_mb": _env_int("SEARCHENGINE_DECODE_MEMORY_MB", -1),
         }
         env.update({k: v for k, v in overrides.items() if v is not None})
         if not isinstance(env["data_dir"], Path):
@@ -117,6 +137,14 @@ class Settings:
         if self.batch_size:
             return self.batch_size
         return 256 if device.startswith("cuda") else 32
+
+    def decode_memory(self) -> int:
+        """Bytes a decode worker may map beyond its start; 0: no limit. Automatic: 40 bytes a pixel of
+        ``max_pixels`` (4 GB at the default 100M), at least 1 GiB: the worst legal image measured
+        (a float grey TIFF at the cap) peaked at 2.0 GB resident, a 16-bit grey or RGBA PNG at 1.2 GB."""
+        if self.decode_memory_mb >= 0:
+            return self.decode_memory_mb << 20
+        return max(1 << 30, 40 * self.max_pixels)
 
     def decode_workers(self) -> int:
         if self.workers >= 0:
