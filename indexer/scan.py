@@ -1,8 +1,12 @@
 """Scan folders for image files: regular files with an image extension, recursively.
 
-Symlinked folders are followed, but each real folder is visited once, so a symlink loop
-ends. Hidden folders (``.thumbnails``, ``.git``...) are skipped. Folders that cannot be
-read and file names that are not valid UTF-8 become scan errors, never a crash.
+Symlinks (to files or folders) are followed only when their target lies inside one of the
+roots being scanned (the server serves only such files); a symlink that leads out of the
+roots is a scan error naming its target. Each real folder is visited once, so a symlink loop
+ends; a file symlink loop is a "cannot stat" error. Hidden folders (``.thumbnails``, ``.git``...)
+are skipped. Named pipes, sockets and devices are never opened (skipped like other non-files).
+Folders that cannot be read, file names that are not valid UTF-8 and paths too long for the
+system become scan errors, never a crash.
 """
 
 from __future__ import annotations
@@ -64,16 +68,31 @@ def scan(roots: Iterable[str | os.PathLike], extensions: frozenset[str] | set[st
     result = ScanResult(roots=normalize_roots(roots))
     seen_dirs: set[tuple[int, int]] = set()
     found: dict[str, FileEntry] = {}
+    inside = _Containment(result.roots)
     for root in result.roots:
         if os.path.isdir(root):
-            _walk(root, extensions, seen_dirs, found, result.errors)
+            _walk(root, extensions, seen_dirs, found, result.errors, inside)
         else:
             _add_file(root, extensions, found, result.errors, explicit=True)
     result.files = [found[p] for p in sorted(found)]
     return result
 
 
-def _walk(top: str, extensions, seen_dirs, found, errors) -> None:
+class _Containment:
+    """Whether a path resolves (symlinks followed) to somewhere inside one of the roots."""
+
+    def __init__(self, roots: list[str]) -> None:
+        self.roots = [os.path.realpath(r) for r in roots]
+
+    def target_outside(self, path: str) -> str | None:
+        """The resolved target of ``path`` when it lies outside every root, else None."""
+        real = os.path.realpath(path)
+        if any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in self.roots):
+            return None
+        return real
+
+
+def _walk(top: str, extensions, seen_dirs, found, errors, inside: _Containment) -> None:
     stack = [top]
     while stack:
         folder = stack.pop()
@@ -98,11 +117,25 @@ def _walk(top: str, extensions, seen_dirs, found, errors) -> None:
                 is_dir = entry.is_dir(follow_symlinks=True)
             except OSError:
                 is_dir = False
-            if is_dir:
-                if not entry.name.startswith("."):
-                    stack.append(entry.path)
+            if is_dir and entry.name.startswith("."):
                 continue
-            _add_file(entry.path, extensions, found, errors, sidecars=sidecars)
+            if not is_dir and os.path.splitext(entry.name)[1].lower() not in extensions:
+                continue
+            outside = inside.target_outside(entry.path) if _is_symlink(entry) else None
+            if outside is not None:
+                errors.append((_escaped(entry.path), f"symlink to {_escaped(outside)}, outside the indexed folders: "
+                                                     "not followed (index that folder itself to include it)"))
+            elif is_dir:
+                stack.append(entry.path)
+            else:
+                _add_file(entry.path, extensions, found, errors, sidecars=sidecars)
+
+
+def _is_symlink(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_symlink()
+    except OSError:
+        return False
 
 
 def sidecar_signature(path: str, sidecars: dict | None = None) -> str:
@@ -136,7 +169,7 @@ def _add_file(path: str, extensions, found, errors, explicit: bool = False, side
     try:
         st = os.stat(path)
     except OSError as exc:
-        errors.append((path, f"cannot stat file: {exc.strerror or exc}"))
+        errors.append((_escaped(path), f"cannot stat file: {exc.strerror or exc}"))
         return
     if not stat.S_ISREG(st.st_mode):
         return  # FIFOs, sockets, devices: never opened

@@ -243,3 +243,47 @@ def big_jpeg(path: str | Path, size: tuple[int, int] = (4000, 3000)) -> Path:
     """A large JPEG (built by upscaling a small picture, so it is quick to make)."""
     image = photo_image(5, (80, 60)).resize(size, Image.Resampling.BILINEAR)
     return _save(image, path, "JPEG", quality=75)
+
+
+def truncated_webp(path: str | Path) -> Path:
+    """A WebP cut off in the middle of its bitstream."""
+    return _truncated(path, "WEBP", 0.6)
+
+
+def truncated_gif(path: str | Path) -> Path:
+    """A GIF cut off in the middle of its LZW data."""
+    return _truncated(path, "GIF", 0.6)
+
+
+def jpeg_bomb(path: str | Path, width: int = 65000, height: int = 65000) -> Path:
+    """A tiny JPEG whose frame header (SOF0) declares ``width`` x ``height`` pixels."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(buffer, format="JPEG")
+    data = bytearray(buffer.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    path = _target(path)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def big_png(path: str | Path, size: tuple[int, int] = (9000, 9000)) -> Path:
+    """A large but legal grey PNG (a top-to-bottom gradient; fast to write, about 100 KB)."""
+    image = Image.linear_gradient("L").resize(size, Image.Resampling.NEAREST)
+    return _save(image, path, "PNG", compress_level=1)
+
+
+def animated_webp(path: str | Path, size: tuple[int, int] = (16, 16)) -> Path:
+    """A 3-frame WebP: red, then green, then blue (lossless, so the colours are exact)."""
+    frames = [Image.new("RGB", size, c) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    return _save(frames[0], path, "WEBP", save_all=True, append_images=frames[1:], duration=100,
+                 loop=0, lossless=True)
+
+
+def icc_jpeg(path: str | Path, profile: bytes | None = None, size: tuple[int, int] = (40, 30)) -> Path:
+    """A JPEG carrying an ICC profile: sRGB by default, or the given (possibly garbage) bytes."""
+    if profile is None:
+        from PIL import ImageCms
+
+        profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    return _save(photo_image(11, size), path, "JPEG", icc_profile=profile)
