@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image, ImageFile, ImageOps
 
 from searchengine import imaging
@@ -162,6 +164,21 @@ def test_missing_path_and_directory_raise(tmp_path: Path) -> None:
         safe_open(tmp_path)
 
 
+def test_special_files_are_refused_without_blocking(tmp_path: Path) -> None:
+    import os
+    import socket
+
+    os.mkfifo(tmp_path / "pipe.jpg")  # opening it to read would wait for a writer forever
+    with pytest.raises(ImageDecodeError, match="^cannot read file: it is a named pipe, not a regular file$"):
+        safe_open(tmp_path / "pipe.jpg")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tmp_path / "s.jpg"))
+        with pytest.raises(ImageDecodeError, match="^cannot read file: No such device"):
+            safe_open(tmp_path / "s.jpg")  # open() itself refuses a socket
+    with pytest.raises(ImageDecodeError, match="it is a folder"):
+        safe_open(tmp_path)
+
+
 def test_draft_reduces_big_jpeg(tmp_path: Path) -> None:
     path = imagegen.big_jpeg(tmp_path / "big.jpg")
     image = safe_open(path, draft_size=224)
@@ -308,3 +325,58 @@ def test_non_seekable_stream(tmp_path: Path) -> None:
             return len(chunk)
 
     _assert_rgb(safe_open(io.BufferedReader(Pipe())), (64, 48))
+
+
+# --- fuzzing: only ImageDecodeError or an RGB image, whatever the bytes ---
+
+
+def _seed_files() -> list[bytes]:
+    out = []
+    for fmt, size in (("JPEG", (24, 16)), ("PNG", (24, 16)), ("GIF", (12, 8)), ("WEBP", (12, 8)), ("TIFF", (12, 8))):
+        buffer = io.BytesIO()
+        imagegen.photo_image(3, size).save(buffer, format=fmt)
+        out.append(buffer.getvalue())
+    return out
+
+
+_SEEDS = _seed_files()
+
+
+@st.composite
+def _mutated(draw) -> bytes:
+    data = bytearray(draw(st.sampled_from(_SEEDS)))
+    for _ in range(draw(st.integers(1, 6))):
+        at = draw(st.integers(0, len(data) - 1))
+        kind = draw(st.sampled_from(["byte", "cut", "huge", "splice"]))
+        if kind == "byte":
+            data[at] = draw(st.integers(0, 255))
+        elif kind == "cut":
+            del data[max(at, 8):]
+        elif kind == "huge":  # sizes, lengths and offsets set to extremes
+            data[at : at + 4] = draw(st.sampled_from([b"\xff\xff\xff\xff", b"\x7f\xff\xff\xff", b"\x00\x00\x00\x00"]))
+        else:
+            data[at:at] = draw(st.binary(min_size=1, max_size=16))
+        if not data:
+            break
+    return bytes(data)
+
+
+def _decodes_or_refuses(data: bytes) -> None:
+    try:
+        image = safe_open(data, max_pixels=4_000_000, draft_size=8 if len(data) % 2 else None)
+    except ImageDecodeError:
+        return
+    assert image.mode == "RGB" and image.width > 0 and image.height > 0
+    assert len(image.tobytes()) == image.width * image.height * 3
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_mutated())
+def test_fuzzed_seeds_decode_or_raise_image_decode_error(data: bytes) -> None:
+    _decodes_or_refuses(data)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.binary(max_size=256))
+def test_random_bytes_decode_or_raise_image_decode_error(data: bytes) -> None:
+    _decodes_or_refuses(data)
