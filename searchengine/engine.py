@@ -396,8 +396,7 @@ class SearchEngine:
             return self._build_index(self.collection.index_factory, save=self.writable, kind=kind)
         todo = np.concatenate([missing, changed])
         for start in range(0, todo.size, 8192):
-            chunk = todo[start : start + 8192]
-            index.add(chunk, self.store.vectors_for(cid, chunk.tolist(), kind))
+            index.add(*self.store.live_vectors(cid, todo[start : start + 8192].tolist(), kind))  # a writer may remove
         if self.writable:
             self._save(index, seq, kind)
         return index
@@ -654,9 +653,10 @@ class SearchEngine:
 
     def image_vector(self, image_id: int) -> np.ndarray:
         """The stored vector of an indexed image."""
-        if int(image_id) not in self.store.images_by_ids(self.collection.id, [int(image_id)]):
+        found, vecs = self.store.live_vectors(self.collection.id, [int(image_id)])
+        if not len(found):
             raise NotFoundError(f"no image with id {image_id} in collection {self.collection.name!r}")
-        return self.store.vectors_for(self.collection.id, [int(image_id)])[0]
+        return vecs[0]
 
     def similar(self, image_id: int, k: int = 10, **options: Any) -> list[Hit]:
         """Images most like the indexed image ``image_id`` (itself left out); ``options`` as :meth:`search`."""
@@ -787,8 +787,8 @@ class SearchEngine:
             found = [(int(i), float(sc)) for i, sc in zip(ids[0], scores[0]) if i >= 0]
         if len(found) < want:
             live = self.store.live_ids(self.collection.id)
-            ids = np.intersect1d(allowed, live)
-            sims = self.store.vectors_for(self.collection.id, ids.tolist()) @ q[0]
+            ids, vecs = self.store.live_vectors(self.collection.id, np.intersect1d(allowed, live).tolist())
+            sims = vecs @ q[0]
             top = np.argsort(-sims, kind="stable")[:n]
             found = [(int(ids[i]), float(sims[i])) for i in top]
         return found[:n]
@@ -818,7 +818,9 @@ class SearchEngine:
         """Drop each hit whose image is a near-duplicate (cosine >= threshold) of a better one."""
         if len(hits) < 2:
             return hits
-        vecs = self.store.vectors_for(self.collection.id, [h.id for h in hits])
+        found, vecs = self.store.live_vectors(self.collection.id, [h.id for h in hits])
+        stored = set(found.tolist())
+        hits = [h for h in hits if h.id in stored]  # a writer may have removed the others meanwhile
         kept: list[int] = []
         for i in range(len(hits)):
             if not kept or float(np.max(vecs[kept] @ vecs[i])) < threshold - 1e-3:

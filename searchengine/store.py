@@ -724,15 +724,27 @@ class Store:
             return [(h, int(i), p) for h, i, p in rows]
 
     def vectors_for(self, collection_id: int, ids: Sequence[int], kind: VectorKind = "images") -> np.ndarray:
+        """The stored vectors of ``ids``, in that order (KeyError if one is not stored: see :meth:`live_vectors`)."""
+        blobs = self._vector_blobs(collection_id, ids, kind)
+        return unpack_vectors([blobs[int(i)] for i in ids], self._dim(collection_id))
+
+    def live_vectors(self, collection_id: int, ids: Sequence[int],
+                     kind: VectorKind = "images") -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of those of ``ids`` still stored, in the given order: for readers, whose
+        ids may have been removed by a writer since they were read."""
+        blobs = self._vector_blobs(collection_id, ids, kind)
+        found = [int(i) for i in ids if int(i) in blobs]
+        return np.asarray(found, dtype=np.int64), unpack_vectors([blobs[i] for i in found], self._dim(collection_id))
+
+    def _vector_blobs(self, collection_id: int, ids: Sequence[int], kind: VectorKind) -> dict[int, bytes]:
         table = _VECTOR_TABLES[kind]
-        rec = self._dim(collection_id)
         blobs: dict[int, bytes] = {}
         with self.engine.connect() as conn:
             for chunk in _chunks([int(i) for i in ids], 900):
                 for i, v in conn.execute(select(table.c.id, table.c.vector).where(
                         _ids_in(table, collection_id, chunk))):
                     blobs[int(i)] = v
-        return unpack_vectors([blobs[int(i)] for i in ids], rec)
+        return blobs
 
     def iter_vectors(self, collection_id: int, min_seq: int = 0, chunk: int = 8192,
                      kind: VectorKind = "images") -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -23,6 +23,24 @@ from searchengine import SearchEngine
 QUERIES = ("a red square", "blue sky over a field", "green circle", "a photo", "stripes")
 
 
+def reader_errors(results: list[dict]) -> list[str]:
+    """The tracebacks of the searches that failed."""
+    return [r["error"] for r in results if "error" in r]
+
+
+def leaked_ids(results: list[dict], removed: dict[int, float]) -> list[tuple[float, int]]:
+    """(search start, id) for each id a search returned although its removal was committed (at
+    ``removed[id]``, monotonic seconds) before that search started."""
+    return [(r["start"], i) for r in results for i in r.get("ids", ()) if i in removed and r["start"] > removed[i]]
+
+
+def read_results(path: Path) -> tuple[list[dict], dict]:
+    """(the searches, the summary line) a reader process wrote."""
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    summary = lines.pop() if lines and lines[-1].get("summary") else {}
+    return lines, summary
+
+
 def main(collection: str, out: str, stop: str) -> int:
     stop_file = Path(stop)
     with SearchEngine.open(collection) as engine, open(out, "w", encoding="utf-8") as fh:
@@ -32,7 +50,7 @@ def main(collection: str, out: str, stop: str) -> int:
             started = time.monotonic()
             try:
                 # image->image with the vector of an image found before (if it is still stored)
-                vecs = engine.store.vectors_for(engine.collection.id, [last]) if last is not None and n % 2 else []
+                _, vecs = engine.store.live_vectors(engine.collection.id, [last] if last is not None and n % 2 else [])
                 if len(vecs):
                     hits = engine.search(vector=vecs[0], k=8)
                 else:

@@ -9,7 +9,6 @@ killed with SIGKILL leaves no lock behind.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -19,12 +18,14 @@ import time
 import traceback
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from indexer import index_folder, remove_paths
 from searchengine import SearchEngine
-from searchengine.errors import WriterBusyError
+from searchengine.errors import NotFoundError, WriterBusyError
 from tests import imagegen
+from tests.concurrency_reader import leaked_ids, read_results, reader_errors
 
 COLL = "conc"
 ROOT = Path(__file__).parents[2]
@@ -60,9 +61,9 @@ def _write(a: Path, b: Path) -> dict[int, float]:
 
 
 def _check_results(results: list[dict], removed: dict[int, float]) -> int:
-    errors = [r["error"] for r in results if "error" in r]
+    errors = reader_errors(results)
     assert not errors, errors[0]
-    leaked = [(r["start"], i) for r in results for i in r["ids"] if i in removed and r["start"] > removed[i]]
+    leaked = leaked_ids(results, removed)
     assert not leaked, f"searches returned removed ids: {leaked[:5]}"
     return len(results)
 
@@ -84,8 +85,8 @@ def test_reader_threads_while_a_writer_adds_and_removes(collection):
         while not stop.is_set():
             started = time.monotonic()
             try:
-                hits = (reader.search("a photo of shapes", k=8) if n % 2 else
-                        reader.search(image=imagegen.photo_image(seed=n), k=8))
+                hits = (reader.search(image=imagegen.photo_image(seed=n), k=8) if n % 3 == 0 else
+                        reader.search("a photo of shapes", k=8, dedup=n % 3 == 1))  # dedup reads vectors
                 results.append({"start": started, "ids": [h.id for h in hits]})
             except Exception:  # noqa: BLE001 - any reader error fails the test below
                 results.append({"start": started, "ids": [], "error": traceback.format_exc()})
@@ -134,8 +135,7 @@ def test_reader_processes_while_a_writer_adds_and_removes(collection, tmp_path):
             assert p.returncode == 0, err
     live = _live()
     for out in outs:
-        lines = [json.loads(line) for line in out.read_text().splitlines()]
-        summary = lines.pop()
+        lines, summary = read_results(out)
         assert _check_results(lines, removed) > 5
         assert any(r["start"] > max(removed.values()) for r in lines), "no search ran after the write"
         # without restarting, each reader ended on the writer's new generation
@@ -181,3 +181,23 @@ def test_cli_writer_refused_while_another_process_writes_then_free_after_sigkill
         holder.wait()
     done = subprocess.run(index + ["--json"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+
+
+def test_rows_removed_between_a_readers_two_reads_are_skipped(run, photos, monkeypatch):
+    """A writer can remove a row between a reader's read of the live ids and of their vectors (or
+    between joining the hits and de-duplicating them): the reader skips it instead of failing."""
+    run(photos)
+    with SearchEngine.open(COLL) as reader:
+        hits = reader.search("a photo", k=6)
+        with SearchEngine.open(COLL, writable=True) as writer:
+            remove_paths([hits[0].path], engine=writer)
+        # de-duplicating hits joined before the removal
+        assert [h.id for h in reader._dedup(hits, 0.99)] == [h.id for h in reader._dedup(hits[1:], 0.99)]
+        with pytest.raises(NotFoundError):
+            reader.similar(hits[0].id)
+        # reconciling with a live-id list read before the removal
+        real = reader.store.live_ids
+        monkeypatch.setattr(reader.store, "live_ids", lambda cid, kind="images": np.union1d(real(cid, kind),
+                                                                                             [hits[0].id]))
+        assert reader.refresh(force=True)
+        assert hits[0].id not in reader.index.ids() and reader.index.ntotal == 5
