@@ -59,6 +59,10 @@ def _child(argv: list[str], env: dict[str, str], log: str, fsize: int | None) ->
     app(args=argv, prog_name="searchengine")
 
 
+def _warm() -> None:
+    pass
+
+
 def _limit(fsize: int | None) -> None:
     """Cap the size of any file the process writes; SIGXFSZ ignored so writes fail with EFBIG."""
     if fsize is not None:
@@ -131,6 +135,9 @@ class Launcher:
             ctx = multiprocessing.get_context("forkserver")
             ctx.set_forkserver_preload(PRELOAD)
             Launcher._ctx = ctx
+            proc = ctx.Process(target=_warm)  # starts the server: its imports do not count as a command's time
+            proc.start()
+            proc.join()
 
     def start(self, argv: list[str], env: dict[str, str], log: Path, fsize: int | None = None) -> Proc:
         env = dict(env, PYTHONPATH=str(REPO))
@@ -228,6 +235,20 @@ def row_count(db: Path) -> int:
         return 0
 
 
+def commits(db: Path) -> int:
+    """Write transactions committed so far (the collections' sequence numbers: one per batch)."""
+    try:
+        conn = _connect(db, True)
+        if conn is None:
+            return 0
+        try:
+            return int(conn.execute("SELECT coalesce(sum(next_seq), 0) FROM collections").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:
+        return 0
+
+
 def integrity_problems(db: Path) -> list[str]:
     conn = _connect(db, False)
     if conn is None:
@@ -261,6 +282,7 @@ class Workload:
     renamed: dict[str, str] = field(default_factory=dict)  # old path -> new path (keeps its id)
     next_argv: Callable[[int], list[str]] | None = None  # per-cycle arguments (rebuild-index factories)
     rows: list[dict] = field(default_factory=list)  # the catalog's rows (import)
+    batch_size: int = 4  # images per commit
 
     @property
     def db(self) -> Path:
@@ -318,10 +340,17 @@ class CrashRun:
         self.rng = rng
         self.estimate = estimate  # seconds a run is expected to take (rebuild-index: measured by calibrate)
         self.startup = 1.0  # seconds before a command writes its first row (fork server)
-        self.row_seconds = 0.05  # seconds a row takes (learned from the row-triggered kills)
+        self.commit_seconds = 0.2  # seconds a batch takes (learned from the commit-triggered kills)
         self.log_dir = log_dir or workload.home.parent
         self.committed = Snapshot()
         self.results: list[CycleResult] = []
+
+    def reset(self, home: Path) -> None:
+        """Go on with a fresh data directory (a new collection over the same files)."""
+        self.w.home = home.resolve()
+        self.committed = Snapshot()
+        self.w.gone.clear()
+        self.w.renamed.clear()
 
     # -- a kill cycle ----------------------------------------------------------------------
     def cycle(self, n: int, mode: Literal["rows", "time"] | None = None, remaining: int = 1) -> CycleResult:
@@ -331,24 +360,33 @@ class CrashRun:
         before = row_count(w.db)
         log = self.log_dir / f"cycle-{n}.log"
         log.unlink(missing_ok=True)
-        todo = max(w.total - before, 1)
+        now = snapshot(w.db, w.collection)
+        pending = len(w.files - set(now.images)) + len(w.products - set(now.products))
+        batches = -(-max(pending, 1) // w.batch_size) + 1  # commits the rest of the work takes, about
+        seq0 = commits(w.db)
         if mode == "rows":
             # spread the kills over what is left; the round's last kill may aim at the end (the final
             # writes and the index save)
-            step = int(self.rng.integers(1, max(2, 2 * todo // (remaining + 1)) + 1))
-            target = w.total if remaining == 1 and self.rng.random() < 0.5 else min(before + step, w.total)
+            step = int(self.rng.integers(1, max(2, 2 * batches // (remaining + 1)) + 1))
+            target = seq0 + (batches if remaining == 1 and self.rng.random() < 0.5 else min(step, batches))
             jitter = float(self.rng.uniform(0, 0.15))
-            trigger = f"rows>={target}+{jitter * 1000:.0f}ms"
+            trigger = f"commit {target - seq0}/{batches}+{jitter * 1000:.0f}ms"
         else:
-            expected = self.estimate if w.command == "rebuild-index" else self.startup + todo * self.row_seconds
-            delay = float(self.rng.uniform(0, expected))
+            expected = self.estimate if w.command == "rebuild-index" else self.startup + batches * self.commit_seconds
+            delay = float(self.rng.uniform(0, expected * (1 if w.command == "rebuild-index" else 2 / (remaining + 1))))
             trigger = f"after {delay:.2f}s"
         started = time.monotonic()
         proc = self.launcher.start(argv, w.full_env(), log)
         deadline = started + 300
         if mode == "rows":
-            while proc.poll() is None and row_count(w.db) < target and time.monotonic() < deadline:
+            first = None
+            while proc.poll() is None and (seq := commits(w.db)) < target and time.monotonic() < deadline:
+                if first is None and seq > seq0:
+                    first = time.monotonic() - started
                 time.sleep(0.003)
+            if first is not None and target - seq0 > 2:  # learn the pace for the time triggers
+                self.startup = first
+                self.commit_seconds = (time.monotonic() - started - first) / (target - seq0 - 1)
             _sleep_while_running(proc, jitter)
         else:
             _sleep_while_running(proc, delay)
@@ -357,8 +395,6 @@ class CrashRun:
         proc.kill()
         rc = proc.wait(60)
         seconds = time.monotonic() - started
-        if mode == "rows" and seen.size - before > 2:  # learn the pace for the time triggers
-            self.row_seconds = max(seconds - self.startup, 0.0) / (seen.size - before)
         res = CycleResult(n, trigger, killed, None if killed else rc, before, 0, seconds)
         if not killed and rc != 0:
             res.failures.append(f"exited {rc} before the kill: {_tail(log)}")
@@ -516,7 +552,7 @@ def index_workload(root: Path, model: str, images: int, seed: int = 0, batch_siz
     folder = (root / "photos").resolve()
     files = {str(imagegen.photo(folder / f"p{i:04d}.jpg", seed=seed * 100_000 + i)) for i in range(images)}
     argv = ["index", str(folder), "--model", model, "--batch-size", str(batch_size), "--workers", "0", "--json"]
-    return Workload("index", argv, (root / "home").resolve(), files=files)
+    return Workload("index", argv, (root / "home").resolve(), files=files, batch_size=batch_size)
 
 
 def churn_folder(w: Workload, rng: np.random.Generator, k: int, seed: int) -> None:
@@ -543,7 +579,8 @@ def churn_folder(w: Workload, rng: np.random.Generator, k: int, seed: int) -> No
 
 def import_workload(root: Path, model: str, products: int, seed: int = 0, batch_size: int = 4) -> Workload:
     """A JSON Lines catalog of ``products`` rows (every fifth with two images) over local files."""
-    w = Workload("import", [], (root / "home").resolve(), env={"SEARCHENGINE_BATCH_SIZE": str(batch_size)})
+    w = Workload("import", [], (root / "home").resolve(), env={"SEARCHENGINE_BATCH_SIZE": str(batch_size)},
+                 batch_size=batch_size)
     catalog = (root / "catalog.jsonl").resolve()
     w.argv = ["import", str(catalog), "--model", model, "--json"]
     w.rows = [_product(root, i, seed) for i in range(products)]

@@ -3,10 +3,10 @@ many times, checking after every kill (see :mod:`tests.crashkit` for the checks)
 
     python tests/benchmarks/crash_cycles.py --cycles 50 --images 300 --command all --seed 0
 
-Cycles run in rounds: a fresh collection, kills until the round's share of cycles is spent, an
-uninterrupted run that must complete the work, then (index, import) the folder or catalog is
-churned (files removed, moved, rewritten and added; catalog rows dropped, edited and added) for
-the next round. Prints one line per command: cycles, kills, items lost (must be 0), check
+Cycles run in rounds: kills until the round's share of cycles is spent, then an uninterrupted
+run that must complete the work. Between rounds (index, import) the folder or catalog is churned
+(files removed, moved, rewritten and added; catalog rows dropped, edited and added), and every
+second round starts a fresh collection, so that most kills land in a whole folder's work. Prints one line per command: cycles, kills, items lost (must be 0), check
 failures, indexes rebuilt after a kill; exits 1 on any loss or failure.
 """
 
@@ -58,6 +58,8 @@ def run_command(command: str, args, root: Path, model: str, launcher) -> "object
             crashkit.churn_folder(w, rng, k=max(1, args.images // 30), seed=rounds)
         elif command == "import":
             crashkit.churn_catalog(w, rng, k=max(1, args.images // 60), seed=rounds)
+        if command != "rebuild-index" and rounds % 2 == 0:
+            run.reset(root / f"home-{rounds}")  # a fresh collection: a whole folder of work to kill again
     for res in run.results:
         summary.add(res)
     return summary
