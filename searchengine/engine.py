@@ -443,11 +443,23 @@ class SearchEngine:
         """Rebuild the vector indexes from the stored vectors (optionally with another factory)."""
         factory = normalize_factory(index_factory or self.collection.index_factory)
         VectorIndex.create(factory, self.collection.dim)
-        if factory != self.collection.index_factory:
-            self.store.set_index_factory(self.collection.id, factory)
-            self._refresh()
-        self.index = self._build_index(factory, save=True)
-        self._text_index = self._build_index(factory, save=True, kind="texts")
+        if factory == self.collection.index_factory:
+            self.index = self._build_index(factory, save=True)
+            self._text_index = self._build_index(factory, save=True, kind="texts")
+            return self.index.ntotal
+        # Another factory: both files are written before the factory is recorded, their checksums
+        # after it. A kill in between leaves files whose checksums are not recorded: they are rebuilt
+        # on open with the factory that is, never read as an index of another type.
+        cid, built = self.collection.id, []
+        for kind in ("images", "texts"):
+            seq = self.store.current_seq(cid)
+            index = self._build_index(factory, save=False, kind=kind)
+            built.append((kind, index, seq, index.save(self._path(kind))))
+        self.store.set_index_factory(cid, factory)
+        for kind, index, seq, checksum in built:
+            self.store.set_index_state(cid, seq, index.note, kind, checksum)
+        self._refresh()
+        self.index, self._text_index = built[0][1], built[1][1]
         return self.index.ntotal
 
     # -- queries --------------------------------------------------------------------------
