@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from contextlib import closing
@@ -20,6 +21,8 @@ from .diff import Plan, plan
 from .pipeline import DecodeOptions, decode_all, iter_batches
 from .scan import ScanResult, normalize_roots, scan
 from .writer import IndexReport, Writer
+
+log = logging.getLogger(__name__)
 
 __all__ = ["index_folder", "import_catalog", "remove_paths", "IndexReport", "ImportReport", "Progress", "scan", "plan", "run_files"]
 
@@ -110,9 +113,13 @@ def run_files(engine: SearchEngine, scanned: ScanResult, rows: list[ImageRecord]
                     if progress is not None:
                         progress.advance(len(batch))
         writer.finish(work.stale_errors)
-    except BaseException:
+    except BaseException as exc:
         if writer.wrote:
-            writer.save()  # committed batches stay; the index is reconciled on the next open anyway
+            try:  # committed batches stay; the index is reconciled on the next open anyway
+                writer.save()
+            except Exception as save_exc:  # noqa: BLE001 - the first error (e.g. the store's disk is full) is the one to report
+                log.warning("the index could not be saved after the run failed: %s", save_exc)
+                raise exc from None
         raise
     finally:
         if progress is not None:

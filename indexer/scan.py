@@ -4,7 +4,8 @@ Symlinks (to files or folders) are followed only when their target lies inside o
 roots being scanned (the server serves only such files); a symlink that leads out of the
 roots is a scan error naming its target. Each real folder is visited once, so a symlink loop
 ends; a file symlink loop is a "cannot stat" error. Hidden folders (``.thumbnails``, ``.git``...)
-are skipped. Named pipes, sockets and devices are never opened (skipped like other non-files).
+are skipped. Named pipes, sockets and devices with an image extension are never opened: each is a
+scan error ("not a regular file (a named pipe): not read").
 Folders that cannot be read, file names that are not valid UTF-8 and paths too long for the
 system become scan errors, never a crash.
 """
@@ -157,6 +158,14 @@ def sidecar_signature(path: str, sidecars: dict | None = None) -> str:
     return " ".join(parts)
 
 
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),
+                       (stat.S_ISBLK, "a device")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
 def _add_file(path: str, extensions, found, errors, explicit: bool = False, sidecars: dict | None = None) -> None:
     ext = os.path.splitext(path)[1].lower()
     if ext not in extensions:
@@ -171,7 +180,8 @@ def _add_file(path: str, extensions, found, errors, explicit: bool = False, side
     except OSError as exc:
         errors.append((_escaped(path), f"cannot stat file: {exc.strerror or exc}"))
         return
-    if not stat.S_ISREG(st.st_mode):
-        return  # FIFOs, sockets, devices: never opened
+    if not stat.S_ISREG(st.st_mode):  # never opened (reading a named pipe blocks until someone writes)
+        errors.append((_escaped(path), f"not a regular file ({_kind(st.st_mode)}): not read"))
+        return
     found[path] = FileEntry(path=path, size=int(st.st_size), mtime=float(st.st_mtime),
                             sidecar=sidecar_signature(path, sidecars))

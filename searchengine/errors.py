@@ -33,6 +33,8 @@ __all__ = [
     "ImageDecodeError",
     "QueryError",
     "NotFoundError",
+    "DownloadError",
+    "CatalogError",
     "WriterBusyError",
 ]
 

@@ -269,7 +269,9 @@ def test_symlink_loop_and_special_files_do_not_hang(run, photos):
     os.symlink(photos, photos / "sub" / "loop")
     os.mkfifo(photos / "pipe.jpg")
     report = run(photos)
-    assert (report.added, report.failed) == (6, 0)
+    assert (report.added, report.failed) == (6, 1)
+    assert [(os.path.basename(e.path), e.error) for e in report.errors] == [
+        ("pipe.jpg", "not a regular file (a named pipe): not read")]
 
 
 def test_two_roots_are_independent(run, photos, tmp_path):
