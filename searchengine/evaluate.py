@@ -74,7 +74,8 @@ def evaluate_retrieval(pairs: Sequence[Pair], *, model: str | None, device: str 
     spec, see :func:`searchengine.stages.load_reranker`): text->image again with the first stage's
     top ``rerank_top`` reranked.
     """
-    from indexer import index_folder
+    from indexer import run_files
+    from indexer.scan import FileEntry, ScanResult
 
     from .engine import SearchEngine
 
@@ -87,14 +88,23 @@ def evaluate_retrieval(pairs: Sequence[Pair], *, model: str | None, device: str 
         links = Path(tmp) / "images"
         links.mkdir()
         by_path = {}
+        # one link per pair (an image may belong to several), handed to the indexer as the scan's
+        # result: a folder scan would refuse links that lead out of it
+        scanned = ScanResult(roots=[str(links)])
         for n, pair in enumerate(pairs):
             link = links / f"{n:07d}{pair.image.suffix.lower()}"
             os.symlink(pair.image, link)
             by_path[str(link)] = n
+            try:
+                st = os.stat(link)
+            except OSError as exc:
+                scanned.errors.append((str(link), f"cannot stat file: {exc.strerror or exc}"))
+                continue
+            scanned.files.append(FileEntry(str(link), st.st_size, st.st_mtime))
         with SearchEngine.open("eval", data_dir=Path(tmp) / "home", model=model, device=device, create=True) as engine:
             if workers is not None:
                 engine.settings = engine.settings.with_(workers=workers)
-            report = index_folder([links], engine=engine)
+            report = run_files(engine, scanned, [], [])
             rows = engine.store.images_under(engine.collection.id, [str(links)])
             row_pair = {r.id: by_path[r.path] for r in rows}
             answers = _Answers(pairs)

@@ -334,13 +334,14 @@ class CrashRun:
     """Kill cycles over one workload; ``committed`` grows with every snapshot."""
 
     def __init__(self, workload: Workload, launcher: Launcher, rng: np.random.Generator, *,
-                 estimate: float = 3.0, log_dir: Path | None = None) -> None:
+                 estimate: float = 3.0, log_dir: Path | None = None, max_jitter: float = 0.15) -> None:
         self.w = workload
         self.launcher = launcher
         self.rng = rng
         self.estimate = estimate  # seconds a run is expected to take (rebuild-index: measured by calibrate)
         self.startup = 1.0  # seconds before a command writes its first row (fork server)
-        self.commit_seconds = 0.2  # seconds a batch takes (learned from the commit-triggered kills)
+        self.commit_seconds = 0.02  # seconds a batch takes (learned from the commit-triggered kills)
+        self.max_jitter = max_jitter  # the most a commit-triggered kill waits after its commit
         self.log_dir = log_dir or workload.home.parent
         self.committed = Snapshot()
         self.results: list[CycleResult] = []
@@ -369,8 +370,7 @@ class CrashRun:
             # writes and the index save)
             step = int(self.rng.integers(1, max(2, 2 * batches // (remaining + 1)) + 1))
             target = seq0 + (batches if remaining == 1 and self.rng.random() < 0.5 else min(step, batches))
-            jitter = float(self.rng.uniform(0, 0.15))
-            trigger = f"commit {target - seq0}/{batches}+{jitter * 1000:.0f}ms"
+            frac = float(self.rng.uniform(0, 1))  # how far into the next batch: a fraction of its time
         else:
             expected = self.estimate if w.command == "rebuild-index" else self.startup + batches * self.commit_seconds
             delay = float(self.rng.uniform(0, expected * (1 if w.command == "rebuild-index" else 2 / (remaining + 1))))
@@ -384,9 +384,13 @@ class CrashRun:
                 if first is None and seq > seq0:
                     first = time.monotonic() - started
                 time.sleep(0.003)
-            if first is not None and target - seq0 > 2:  # learn the pace for the time triggers
+            if first is not None and target - seq0 > 2:  # learn the pace (for the time triggers, and the jitter)
                 self.startup = first
                 self.commit_seconds = (time.monotonic() - started - first) / (target - seq0 - 1)
+            # within the batch after the target commit: a fixed jitter would overshoot the whole run
+            # when batches are fast (a few ms each with the tiny model on a quiet machine)
+            jitter = frac * min(self.max_jitter, self.commit_seconds)
+            trigger = f"commit {target - seq0}/{batches}+{jitter * 1000:.0f}ms"
             _sleep_while_running(proc, jitter)
         else:
             _sleep_while_running(proc, delay)

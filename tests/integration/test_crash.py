@@ -27,7 +27,9 @@ def _assert_clean(run: crashkit.CrashRun) -> crashkit.Summary:
 
 def test_index_killed_repeatedly_then_completes_with_each_file_once(tiny_model, tmp_path, launcher):
     w = crashkit.index_workload(tmp_path, tiny_model, images=80)
-    run = crashkit.CrashRun(w, launcher, np.random.default_rng(8), log_dir=tmp_path)
+    # kill as soon as the target commit is seen: with the tiny model a batch takes milliseconds, and
+    # on a busy machine any wait after it can let the run finish first
+    run = crashkit.CrashRun(w, launcher, np.random.default_rng(8), log_dir=tmp_path, max_jitter=0.0)
     for n in range(3):
         run.cycle(n, mode="rows", remaining=3 - n)
     run.finish(0)

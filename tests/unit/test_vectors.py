@@ -72,9 +72,10 @@ def test_save_is_atomic_and_load_round_trips(tmp_path, monkeypatch):
     loaded = VectorIndex.load(path, "Flat", DIM)
     assert loaded.ntotal == 30 and sorted(loaded.ids().tolist()) == list(range(30))
 
-    def boom(index, name):
-        with open(name, "wb") as fh:
-            fh.write(b"half-written")
+    real_write = faiss.write_index
+
+    def boom(index, writer):  # writes the whole new index into the temp file, then fails
+        real_write(index, writer)
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(faiss, "write_index", boom)
