@@ -182,7 +182,7 @@ class SearchEngine:
         self.writable = writable
         self._writer_lock = writer_lock
         if writable and writer_lock is None:
-            self._writer_lock = WriterLock(settings.collection_dir, collection.name).acquire()
+            self._writer_lock = WriterLock(settings.collection_dir, collection.name, store).acquire()
         self.refresh_every = None if writable else refresh_every
         self._encoder = encoder
         self._encoder_checked = False
@@ -213,14 +213,11 @@ class SearchEngine:
             collection=collection, data_dir=Path(data_dir) if data_dir is not None else None, db_url=db,
             model=model, device=device, index_factory=index_factory)
         writable = create if writable is None else writable
-        lock = WriterLock(settings.collection_dir, settings.collection).acquire() if writable else None
+        store = Store(settings.database_url)
+        lock = None
         try:
-            store = Store(settings.database_url)
-        except BaseException:
-            if lock is not None:
-                lock.release()
-            raise
-        try:
+            if writable:
+                lock = WriterLock(settings.collection_dir, settings.collection, store).acquire()
             record = store.get_collection(settings.collection)
             encoder = None
             if record is None:
@@ -262,8 +259,8 @@ class SearchEngine:
         self.close()
 
     def close(self) -> None:
-        self.store.close()
         self._release_writer()
+        self.store.close()
 
     def _release_writer(self) -> None:
         if self._writer_lock is not None:

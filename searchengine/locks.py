@@ -4,7 +4,9 @@ A writable :class:`~searchengine.engine.SearchEngine` holds ``writer.lock`` (``f
 ``msvcrt.locking`` on Windows) from open to close; a second writer, in this process or another,
 gets :class:`~searchengine.errors.WriterBusyError` at once, naming the holder. The operating
 system drops the lock when its holder exits, however it exits (a SIGKILL included), so a crashed
-writer never leaves the collection locked. Readers take no lock: they search the last saved index
+writer never leaves the collection locked. With a PostgreSQL store the writer also holds a session
+advisory lock in the database, so writers with different data directories (other machines) that
+share the database are kept to one as well; the server drops it when the connection ends. Readers take no lock: they search the last saved index
 generation and pick up the next one when it is saved.
 
 The lock file is never deleted (unlinking a lock file races with a process about to lock it); it
@@ -19,8 +21,12 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import WriterBusyError
+
+if TYPE_CHECKING:
+    from .store import Store
 
 __all__ = ["WriterLock", "LOCK_FILE"]
 
@@ -30,9 +36,10 @@ LOCK_FILE = "writer.lock"
 class WriterLock:
     """The write lock of one collection folder; :meth:`acquire` raises when another writer has it."""
 
-    def __init__(self, folder: Path, collection: str) -> None:
+    def __init__(self, folder: Path, collection: str, store: "Store | None" = None) -> None:
         self.path = Path(folder) / LOCK_FILE
         self.collection = collection
+        self.store = store  # on PostgreSQL also locked in the database (writers with other data dirs)
         self._fh = None
 
     @property
@@ -51,6 +58,12 @@ class WriterLock:
                 raise WriterBusyError(
                     f"collection {self.collection!r} is being written by another process{holder}; one writer per "
                     "collection: wait for it to finish (searches work meanwhile), or write to another --collection")
+            if self.store is not None and not self.store.lock_writer(self.collection):
+                _unlock(fh)
+                raise WriterBusyError(
+                    f"collection {self.collection!r} is being written by another process through the same database "
+                    f"({self.store.engine.url.render_as_string(hide_password=True)}); one writer per collection: "
+                    "wait for it to finish (searches work meanwhile), or write to another --collection")
             fh.seek(0)
             fh.truncate()
             fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
@@ -66,6 +79,8 @@ class WriterLock:
         fh, self._fh = self._fh, None
         if fh is None:
             return
+        if self.store is not None:
+            self.store.unlock_writer(self.collection)
         try:
             fh.seek(0)
             fh.truncate()  # what is left says nobody holds it

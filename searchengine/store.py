@@ -277,6 +277,14 @@ def _insert_or(conn: Connection, table: Table, keys: Sequence[str], update: Sequ
 _SCHEMA_LOCK = 0x736561726368  # "search"
 
 
+def _writer_key(collection: str) -> int:
+    """The advisory lock key of a collection's writer: 64 bits of a hash of its name."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(f"searchengine writer {collection}".encode()).digest()[:8], "big",
+                          signed=True)
+
+
 def _lock_schema(conn: Connection) -> None:
     """Migrate one process at a time: another one that opened the store meanwhile waits, then
     finds the schema current (without the lock both would create the same tables)."""
@@ -550,6 +558,13 @@ class _Engine:
         except SQLAlchemyError as exc:
             raise StoreError(f"{what}: {_reason(exc)}") from exc
 
+    def raw_connect(self) -> Connection:
+        """A connection the caller holds and closes (errors not translated)."""
+        try:
+            return self._engine.connect()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"database error: {_reason(exc)}") from exc
+
     def dispose(self) -> None:
         self._engine.dispose()
 
@@ -577,10 +592,46 @@ class Store:
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _sqlite_pragmas)
         self.engine = _Engine(engine)
+        self._writer_conns: dict[str, Connection] = {}
         self._migrate()
 
     def close(self) -> None:
+        for name in list(self._writer_conns):
+            self.unlock_writer(name)
         self.engine.dispose()
+
+    # -- one writer per collection, across machines -------------------------------------------
+    def lock_writer(self, collection: str) -> bool:
+        """On PostgreSQL, take the collection's writer lock in the database: a session advisory lock
+        on a connection held until :meth:`unlock_writer` (the server drops it if the process dies).
+        False when another session holds it. Other databases live in one data directory, whose
+        lock file (:mod:`searchengine.locks`) is the lock: True."""
+        if self.engine.dialect.name != "postgresql" or collection in self._writer_conns:
+            return True
+        conn = self.engine.raw_connect()
+        try:
+            got = bool(conn.execute(select(func.pg_try_advisory_lock(_writer_key(collection)))).scalar())
+            conn.commit()  # the session lock outlives the transaction; the connection is not left in one
+        except SQLAlchemyError as exc:
+            conn.close()
+            raise StoreError(f"database error: {_reason(exc)}") from exc
+        if not got:
+            conn.close()
+            return False
+        self._writer_conns[collection] = conn
+        return True
+
+    def unlock_writer(self, collection: str) -> None:
+        conn = self._writer_conns.pop(collection, None)
+        if conn is None:
+            return
+        try:
+            conn.execute(select(func.pg_advisory_unlock(_writer_key(collection))))
+            conn.commit()
+        except SQLAlchemyError:
+            pass  # the connection is gone, and its session lock with it
+        finally:
+            conn.close()
 
     # -- schema ---------------------------------------------------------------------------
     def _migrate(self) -> None:

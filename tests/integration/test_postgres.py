@@ -5,6 +5,7 @@ keyword and filter. Skipped without ``TEST_POSTGRES_URL`` locally; fails without
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from sqlalchemy import create_engine, text
 
 from indexer import import_catalog
 from searchengine import SearchEngine
+from searchengine.errors import WriterBusyError
 from tests import imagegen
 from tests.pg import fresh_database
 
@@ -94,3 +96,54 @@ def test_index_and_search_with_sqlite_default_is_unaffected(run, photos, monkeyp
     assert run(photos).added == 6
     home = Path(os.environ["SEARCHENGINE_HOME"])
     assert list(home.rglob("*.db")) or list(home.rglob("*.sqlite*"))
+
+
+def test_one_writer_per_collection_across_data_directories(pg_url, run, photos, tmp_path):
+    """Two data directories (two machines, say) sharing one PostgreSQL database: the lock file of
+    each is its own, so the database's advisory lock is what keeps the second writer out."""
+    run(photos)
+    other_home = tmp_path / "other-home"
+    with SearchEngine.open(COLL, writable=True):
+        with pytest.raises(WriterBusyError, match=r"being written by another process through the same database "
+                                                 r"\(postgresql\+psycopg://"):
+            SearchEngine.open(COLL, data_dir=other_home, writable=True)
+        assert not (other_home / "collections" / COLL / "writer.lock").read_text()  # released again
+        with SearchEngine.open(COLL, data_dir=other_home) as reader:  # readers take no lock
+            assert len(reader.search("a photo", k=3)) == 3
+    with SearchEngine.open(COLL, data_dir=other_home, writable=True) as writer:  # free once closed
+        assert writer.index.ntotal == 6
+
+
+_HOLDER = """
+import sys, time
+from searchengine import SearchEngine
+engine = SearchEngine.open(sys.argv[1], writable=True)
+print("holding", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_killed_writer_leaves_no_database_lock(pg_url, run, photos, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    run(photos)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2]))
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, COLL], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(WriterBusyError):
+            SearchEngine.open(COLL, data_dir=tmp_path / "other-home", writable=True)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    deadline = time.monotonic() + 30  # the server notices the dead connection at once on loopback
+    while True:
+        try:
+            with SearchEngine.open(COLL, data_dir=tmp_path / "other-home", writable=True) as writer:
+                assert writer.index.ntotal == 6
+            break
+        except WriterBusyError:
+            assert time.monotonic() < deadline, "the database lock outlived its killed holder"
+            time.sleep(0.2)
