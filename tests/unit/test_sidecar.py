@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from indexer.sidecar import SIDECAR_EXTENSIONS, Sidecar, read_sidecar, sidecar_paths
+from tests.privileges import permissions_enforced
 
 
 @pytest.fixture
@@ -159,12 +160,12 @@ def test_fifo_does_not_block(image: Path) -> None:
     assert read_sidecar(image).error == "0001.txt: not a regular file"
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads anything")
 def test_unreadable(image: Path) -> None:
     txt = image.with_suffix(".txt")
     txt.write_text("secret")
     txt.chmod(0)
     try:
-        assert read_sidecar(image).error == "0001.txt: cannot read (Permission denied)"
+        with permissions_enforced():  # as root too
+            assert read_sidecar(image).error == "0001.txt: cannot read (Permission denied)"
     finally:
         txt.chmod(0o644)
