@@ -343,7 +343,8 @@ class VectorIndex:
             except OSError as exc:
                 raise VectorIndexError(f"cannot read the vector index {path}: {exc}") from exc
             if found != checksum:
-                raise IndexChecksumError(f"{path} is not the file the engine wrote (its checksum differs); "
+                raise IndexChecksumError(f"{path} does not have the checksum recorded when the engine saved it "
+                                         "(a save cut short by a crash, or a file changed outside the engine); "
                                          "it is not read")
         try:
             index = faiss.read_index(str(path))
