@@ -10,7 +10,7 @@ import logging
 import os
 import time
 from contextlib import closing
-from typing import Iterable, Protocol
+from typing import TYPE_CHECKING, Iterable, Iterator, Protocol
 
 from searchengine.engine import SearchEngine
 from searchengine.errors import ConfigError, VectorIndexError
@@ -18,9 +18,12 @@ from searchengine.imaging import image_extensions
 from searchengine.store import FileErrorRecord, ImageRecord
 
 from .diff import Plan, plan
-from .pipeline import DecodeOptions, decode_all, iter_batches
+from .pipeline import Decoded, DecodeOptions, decode_all, iter_batches
 from .scan import ScanResult, normalize_roots, scan
 from .writer import IndexReport, Writer
+
+if TYPE_CHECKING:
+    from .distributed import Sharded
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +40,8 @@ class Progress(Protocol):
 
 def index_folder(paths: Iterable[str | os.PathLike] | str | os.PathLike, *, engine: SearchEngine | None = None,
                  collection: str | None = None, model: str | None = None, retry_errors: bool = False,
-                 ocr: bool | None = None, progress: Progress | None = None, **open_kwargs: object) -> IndexReport:
+                 ocr: bool | None = None, progress: Progress | None = None, sharded: "Sharded | None" = None,
+                 **open_kwargs: object) -> IndexReport:
     """Index (or re-index) one or more folders into a collection, incrementally.
 
     Unchanged files are skipped without decoding, changed ones re-encoded, moved ones keep
@@ -46,7 +50,8 @@ def index_folder(paths: Iterable[str | os.PathLike] | str | os.PathLike, *, engi
     ``photo.json``) and the date taken from EXIF. ``ocr=True`` reads the text inside images
     (needs the ``ocr`` extra) and stays on for the collection until ``ocr=False``.
     Pass an open ``engine``, or the arguments of :meth:`SearchEngine.open` (the collection is
-    created when missing).
+    created when missing). ``sharded`` (:class:`indexer.distributed.Sharded`) decodes and encodes
+    in resumable shards, e.g. on Ray, instead of this process's decode workers.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -67,14 +72,16 @@ def index_folder(paths: Iterable[str | os.PathLike] | str | os.PathLike, *, engi
         cid = engine.collection.id
         engine.store.add_roots(cid, roots)
         return run_files(engine, scanned, engine.store.images_under(cid, scanned.roots),
-                         engine.store.file_errors(cid, scanned.roots), retry_errors=retry_errors, progress=progress)
+                         engine.store.file_errors(cid, scanned.roots), retry_errors=retry_errors, progress=progress,
+                         sharded=sharded)
     finally:
         if own:
             engine.close()
 
 
 def run_files(engine: SearchEngine, scanned: ScanResult, rows: list[ImageRecord], errors: list[FileErrorRecord], *,
-              retry_errors: bool = False, progress: Progress | None = None, source: str = "folder") -> IndexReport:
+              retry_errors: bool = False, progress: Progress | None = None, source: str = "folder",
+              sharded: "Sharded | None" = None) -> IndexReport:
     """Bring the store in step with scanned files, given the rows and errors stored for them
     (rows not among the scanned files and not under a scan error are removed as vanished)."""
     started = time.perf_counter()
@@ -105,11 +112,14 @@ def run_files(engine: SearchEngine, scanned: ScanResult, rows: list[ImageRecord]
                                     timeout=engine.settings.decode_timeout,
                                     memory_limit=engine.settings.decode_memory())
             batch_size = engine.settings.batch_for(encoder.device)
-            # decoding stays at least two batches ahead of the model, so a GPU never waits for a batch
-            with closing(decode_all(work.candidates, options, engine.settings.decode_workers(),
-                                    max_pending=max(256, 2 * batch_size))) as decoded:
-                for batch in iter_batches(decoded, batch_size):
-                    writer.write(batch)
+            if sharded is not None:  # decoded and encoded in shards (maybe elsewhere), written here
+                batches = sharded.batches(engine, work.candidates, options, batch_size)
+            else:  # decoding stays at least two batches ahead of the model, so a GPU never waits for a batch
+                batches = _paired(decode_all(work.candidates, options, engine.settings.decode_workers(),
+                                             max_pending=max(256, 2 * batch_size)), batch_size)
+            with closing(batches):
+                for batch, vectors in batches:
+                    writer.write(batch, vectors)
                     if progress is not None:
                         progress.advance(len(batch))
         writer.finish(work.stale_errors)
@@ -126,6 +136,13 @@ def run_files(engine: SearchEngine, scanned: ScanResult, rows: list[ImageRecord]
             progress.close()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _paired(decoded: Iterator[Decoded], size: int) -> Iterator[tuple[list[Decoded], None]]:
+    """Batches of decoded files, with no vectors computed elsewhere; closing it stops the decoders."""
+    with closing(decoded):
+        for batch in iter_batches(decoded, size):
+            yield batch, None
 
 
 def remove_paths(paths: Iterable[str | os.PathLike] | str | os.PathLike, *, engine: SearchEngine) -> IndexReport:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Mapping
 
 import numpy as np
 
@@ -95,9 +95,11 @@ class Writer:
         self.needs_rebuild = False
         self.wrote = False
 
-    def write(self, batch: list[Decoded]) -> None:
+    def write(self, batch: list[Decoded], encoded: Mapping[str, np.ndarray] | None = None) -> None:
+        """Apply ``batch``; ``encoded`` holds vectors already computed elsewhere (by content hash, as
+        the encoder returned them), used instead of the model for contents to be encoded."""
         items = [self._resolve(d) for d in batch]
-        vectors = self._vectors(items)
+        vectors = self._vectors(items, encoded or {})
         self._keep_old_vectors([it.row for it in items if it.row is not None and it.kind != "touch"])
         new, new_vecs, upd, upd_vecs = [], [], [], []
         moved, touched, errors, dropped = [], [], [], []
@@ -168,8 +170,9 @@ class Writer:
                 return cand
         return None
 
-    def _vectors(self, items: list[_Item]) -> list[np.ndarray | None]:
-        """A vector per "reuse" and "encode" item: copied from the store, or encoded (each content once)."""
+    def _vectors(self, items: list[_Item], given: Mapping[str, np.ndarray]) -> list[np.ndarray | None]:
+        """A vector per "reuse" and "encode" item: copied from the store, taken from ``given`` (computed
+        by a distributed runner), or encoded (each content once)."""
         out: list[np.ndarray | None] = [None] * len(items)
         reuse = [i for i, it in enumerate(items) if it.kind == "reuse"]
         by_id = [i for i in reuse if items[i].vector is None]
@@ -186,12 +189,16 @@ class Writer:
         for i in encode:
             first.setdefault(items[i].decoded.content_hash or "", i)
         if first:
-            order = list(first.values())
-            encoded = as_stored(self.engine.encoder.encode_pixels([items[i].decoded.pixels for i in order]))
-            by_hash = dict(zip(first, encoded))
+            by_hash = {h: as_stored(given[h]) for h in first if h in given}
+            todo = [h for h in first if h not in by_hash]
+            if todo:
+                pixels = [items[first[h]].decoded.pixels for h in todo]
+                if any(p is None for p in pixels):
+                    raise RuntimeError("a file to encode came without pixels or a computed vector")
+                by_hash.update(zip(todo, as_stored(self.engine.encoder.encode_pixels(pixels))))
             for i in encode:
                 out[i] = by_hash[items[i].decoded.content_hash or ""]
-            self.report.encoded += len(order)
+            self.report.encoded += len(first)
         self.report.duplicates += len(reuse) + len(encode) - len(first)
         return out
 

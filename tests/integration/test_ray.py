@@ -1,0 +1,189 @@
+"""Sharded indexing (indexer/distributed.py): the shared per-shard function, part files, resume,
+and equality with the local path. These run in the default suite on the in-process shard runner;
+the same checks on a local Ray instance are in tests/benchmarks/test_ray_runner.py (on demand: Ray
+is the ``ray`` extra, not a dev dependency)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer import distributed, index_folder
+from indexer.distributed import (
+    LocalRunner,
+    Sharded,
+    ShardJob,
+    encode_shard,
+    make_shards,
+    part_bytes,
+    read_part,
+    write_part,
+)
+from indexer.pipeline import DecodeOptions, decode_one
+from indexer.scan import scan
+from searchengine.engine import SearchEngine
+from searchengine.imaging import image_extensions
+from searchengine.models.clip import load_encoder
+from tests import imagegen
+
+
+def make_folder(root: Path, n: int = 12) -> Path:
+    """``n`` distinct photos, one duplicate of photo 0, one truncated JPEG, in two folders."""
+    folder = root / "album"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(n):
+        imagegen.photo(folder / ("sub" if i % 4 == 0 else "") / f"p{i:02d}.jpg", seed=i)
+    shutil.copy(folder / "sub" / "p00.jpg", folder / "copy-of-p00.jpg")
+    imagegen.truncated_jpeg(folder / "broken.jpg")
+    return folder
+
+
+def collection_state(name: str, folder: Path) -> dict:
+    """path -> (content hash, width, height, vector) for images, plus path -> error for failures."""
+    with SearchEngine.open(name) as engine:
+        cid = engine.collection.id
+        rows = engine.store.images_under(cid, [str(folder)])
+        vectors = engine.store.vectors_for(cid, [r.id for r in rows])
+        assert engine.index.ntotal == len(rows)
+        images = {r.path: (r.content_hash, r.width, r.height, v) for r, v in zip(rows, vectors)}
+        errors = {e.path: e.error for e in engine.store.file_errors(cid, [str(folder)])}
+    return {"images": images, "errors": errors}
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a["images"].keys() == b["images"].keys()
+    for path, (h, w, ht, vec) in a["images"].items():
+        h2, w2, ht2, vec2 = b["images"][path]
+        assert (h, w, ht) == (h2, w2, ht2), path
+        np.testing.assert_allclose(vec, vec2, atol=2e-3)
+    assert a["errors"] == b["errors"]
+
+
+def job_for(spec: str) -> ShardJob:
+    return ShardJob(model_spec=spec, device="cpu", max_pixels=50_000_000)
+
+
+def test_encode_shard_decodes_safely_and_encodes_each_content_once(tmp_path, tiny_model):
+    folder = make_folder(tmp_path, n=3)
+    entries = scan([str(folder)], image_extensions()).files
+    encoder = load_encoder(tiny_model, "cpu")
+    part = encode_shard(list(reversed(entries)), job_for(tiny_model), "shard-00000", encoder)
+
+    assert [d.entry.path for d in part.files] == sorted(e.path for e in entries)
+    by_name = {Path(d.entry.path).name: d for d in part.files}
+    assert by_name["broken.jpg"].error and by_name["broken.jpg"].content_hash
+    assert all(d.pixels is None for d in part.files)
+    good = [d for d in part.files if d.error is None]
+    assert len(good) == 4 and len(part.vectors) == 3  # the copy of p00 is encoded once
+    assert by_name["copy-of-p00.jpg"].content_hash == by_name["p00.jpg"].content_hash
+    # the same vectors as decoding one file at a time with the engine's decoder and encoding it
+    options = DecodeOptions(pil_stage=encoder.pil_stage, known_hashes=frozenset(), max_pixels=50_000_000,
+                            draft_size=encoder.image_size)
+    for d in good:
+        one = decode_one(d.entry, options)
+        assert one.content_hash == d.content_hash and (one.width, one.height) == (d.width, d.height)
+        np.testing.assert_allclose(part.vectors[d.content_hash], encoder.encode_pixels([one.pixels])[0], atol=1e-5)
+    assert by_name["broken.jpg"].error == decode_one(by_name["broken.jpg"].entry, options).error
+
+
+def test_encode_shard_skips_known_contents(tmp_path, tiny_model):
+    folder = make_folder(tmp_path, n=2)
+    entries = scan([str(folder)], image_extensions()).files
+    encoder = load_encoder(tiny_model, "cpu")
+    first = encode_shard(entries, job_for(tiny_model), encoder=encoder)
+    known = frozenset(first.vectors)
+    second = encode_shard(entries, ShardJob(tiny_model, device="cpu", max_pixels=50_000_000, known_hashes=known),
+                          encoder=encoder)
+    assert second.vectors == {}  # hashed, not decoded nor encoded: the writer reuses the stored vectors
+    assert [d.content_hash for d in second.files] == [d.content_hash for d in first.files]
+
+
+def test_empty_shard_list():
+    assert make_shards([], 4) == []
+
+
+def test_shards_are_fixed_size_in_path_order(tmp_path):
+    folder = make_folder(tmp_path, n=5)
+    entries = scan([str(folder)], image_extensions()).files
+    shards = make_shards(list(reversed(entries)), 3)
+    assert [s.name for s in shards] == ["shard-00000", "shard-00001", "shard-00002"]
+    assert [len(s.entries) for s in shards] == [3, 3, 1]
+    assert [e.path for s in shards for e in s.entries] == sorted(e.path for e in entries)
+    assert make_shards(entries, 3) == shards
+
+
+def test_part_file_round_trip_without_pickle(tmp_path, tiny_model):
+    folder = make_folder(tmp_path, n=2)
+    (folder / "p01.txt").write_text("a caption")
+    entries = scan([str(folder)], image_extensions()).files
+    part = encode_shard(entries, job_for(tiny_model), "shard-00007")
+    path = tmp_path / "parts" / "shard-00007.npz"
+    write_part(path, part_bytes(part))
+    back = read_part(path)  # np.load(allow_pickle=False) inside
+    assert back.shard == "shard-00007" and back.files == part.files
+    assert back.vectors.keys() == part.vectors.keys()
+    for h, vec in part.vectors.items():
+        assert back.vectors[h].dtype == np.float32 and np.array_equal(back.vectors[h], vec)
+    assert any(d.caption == "a caption" for d in back.files)
+    with np.load(path, allow_pickle=False) as npz:
+        assert all(npz[k].dtype != object for k in npz.files)
+
+
+def test_part_file_is_never_seen_half_written(tmp_path, monkeypatch):
+    path = tmp_path / "job" / "shard-00000.npz"
+    write_part(path, b"complete part")
+
+    def failing_fsync(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(distributed.os, "fsync", failing_fsync)
+    with pytest.raises(OSError):
+        write_part(path, b"a newer part that never got to disk")
+    with pytest.raises(OSError):
+        write_part(tmp_path / "job" / "shard-00001.npz", b"x" * 1000)
+    assert path.read_bytes() == b"complete part"  # the old part stays whole
+    assert sorted(p.name for p in path.parent.iterdir()) == ["shard-00000.npz"]  # no partial file, no temp left
+
+
+def test_sharded_local_runner_equals_local_path_and_resumes(tmp_path, tiny_model, monkeypatch):
+    folder = make_folder(tmp_path)
+    plain = index_folder([folder], collection="plain", model=tiny_model)
+
+    real = distributed.encode_shard
+    calls: list[str] = []
+
+    def fail_shard_2_once(entries, job, name="", encoder=None):
+        calls.append(name)
+        if name == "shard-00002" and calls.count(name) == 1:
+            raise RuntimeError("worker lost")
+        return real(entries, job, name, encoder)
+
+    monkeypatch.setattr(distributed, "encode_shard", fail_shard_2_once)
+    sharded = Sharded(LocalRunner(), shard_size=4)  # 14 files: shards of 4, 4, 4, 2
+    with pytest.raises(RuntimeError, match="worker lost"):
+        index_folder([folder], collection="sharded", model=tiny_model, sharded=sharded)
+    parts = list((tmp_path / "home").rglob("shard-*.npz"))
+    assert sorted(p.name for p in parts) == ["shard-00000.npz", "shard-00001.npz"]
+    with SearchEngine.open("sharded") as engine:
+        assert engine.store.images_under(engine.collection.id, [str(folder)]) == []  # nothing ingested yet
+
+    report = index_folder([folder], collection="sharded", model=tiny_model, sharded=sharded)
+    assert sharded.ran == ["shard-00002", "shard-00003"]  # the finished shards were not run again
+    assert calls == ["shard-00000", "shard-00001", "shard-00002", "shard-00002", "shard-00003"]
+    assert not any((tmp_path / "home").rglob("shard-*.npz"))  # parts are removed once ingested
+    for key in ("added", "failed", "duplicates", "encoded"):
+        assert getattr(report, key) == getattr(plain, key), key
+    assert (report.added, report.failed, report.duplicates) == (13, 1, 1)
+    assert_same(collection_state("plain", folder), collection_state("sharded", folder))
+
+    # incremental: a second sharded run finds nothing to do; a new file is encoded alone
+    again = index_folder([folder], collection="sharded", model=tiny_model, sharded=sharded)
+    assert (again.unchanged, again.added, again.encoded) == (13, 0, 0) and len(calls) == 5
+    imagegen.photo(folder / "new.jpg", seed=500)
+    os.utime(folder / "sub" / "p00.jpg", (1_000_000_000, 1_000_000_000))  # touched only: hashed, not encoded
+    more = index_folder([folder], collection="sharded", model=tiny_model, sharded=sharded)
+    assert (more.added, more.encoded, more.unchanged) == (1, 1, 13) and sharded.ran == ["shard-00000"]
