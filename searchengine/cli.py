@@ -407,6 +407,8 @@ def status(
                  + (f", nprobe {st.index_nprobe})" if st.index_nprobe else ")"))]
         if st.index_note:
             rows.append(("index note", st.index_note))
+        if st.index_storage != "in memory":
+            rows.append(("index disk", st.index_storage))
         rows += [("database", st.database), ("data dir", st.data_dir)]
         for key, value in rows:
             typer.echo(f"{key:<12} {value}")
@@ -454,6 +456,41 @@ def rebuild_index(
             _echo_json({"vectors": n, "index_factory": st.index_factory, "index_type": st.index_type})
         else:
             typer.echo(f"Rebuilt the {st.index_factory} index ({st.index_type}) with {n} vectors.")
+
+
+@app.command("build-index")
+def build_index(
+    factory: Annotated[str, typer.Option(
+        "--factory", help="An inverted-file faiss factory string, e.g. IVF65536,PQ32 (lists, then the code: "
+                          "PQ32 = 32 bytes a vector, SQ8 = one byte a dimension).")],
+    sample: Annotated[Optional[int], typer.Option(
+        min=1, show_default=False, help="Stored vectors to train on (default: 50 per list, at least 20,000).")] = None,
+    shard_size: Annotated[int, typer.Option(min=1, help="Vectors added per shard file before the merge.")] = 1_000_000,
+    collection: Collection = "default", data_dir: DataDir = None, db: Db = None,
+    json_out: Json = False, verbose: Verbose = False,
+) -> None:
+    """Build the vector index on disk for a large collection: train on a sample of the stored vectors,
+    add them in shards, merge the shards into one .ivfdata file and serve it memory-mapped.
+
+    Images indexed later go to a small in-memory part searched alongside; removed ones are hidden.
+    Run it again (or rebuild-index) when that part has grown large."""
+    _logging(verbose)
+    with _errors():
+        with _open(collection, data_dir, db, "cpu", writable=True) as engine:
+            n = engine.build_index(factory, sample=sample, shard_size=shard_size)
+            st, stats = engine.status(), engine.last_build
+        if json_out:
+            _echo_json({"vectors": n, "index_factory": st.index_factory, "index_type": st.index_type,
+                        "nprobe": st.index_nprobe, "index_storage": st.index_storage, "index_note": st.index_note,
+                        "build": None if stats is None else {k: round(v, 3) if isinstance(v, float) else v
+                                                             for k, v in vars(stats).items()}})
+            return
+        typer.echo(f"Built the {st.index_factory} index ({st.index_type}) with {n} vectors.")
+        if stats is not None and stats.vectors:
+            typer.echo(f"train {stats.train_s:.1f} s on {stats.sample:,} vectors, add {stats.add_s:.1f} s in "
+                       f"{stats.shards} shards, merge {stats.merge_s:.1f} s, nprobe {stats.nprobe} "
+                       f"(recall@10 {stats.recall_at_10:.3f} of exact)")
+        typer.echo(st.index_note if st.index_storage == "in memory" else st.index_storage)
 
 
 @app.command()

@@ -22,8 +22,19 @@ from .errors import (
     VectorIndexError,
 )
 from .locks import WriterLock
+from .ondisk import (
+    ONDISK_PREFIX,
+    BuildOptions,
+    BuildStats,
+    OnDiskIndex,
+    TooFewVectorsError,
+    base_factory,
+    build_from_store,
+    is_ondisk,
+    remove_unused_files,
+)
 from .store import CollectionRecord, FileErrorRecord, ImageRecord, ProductRecord, Store, VectorKind
-from .vectors import VectorIndex, needs_rechoice, normalize_factory
+from .vectors import FALLBACK_NOTE, VectorIndex, needs_rechoice, normalize_factory
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -122,6 +133,8 @@ class CollectionStatus:
     data_dir: str
     database: str
     schema_version: int
+    #: "in memory", or for an on-disk index its lists, code size, file and delta
+    index_storage: str = "in memory"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -190,6 +203,9 @@ class SearchEngine:
         self._stages: dict[tuple[str, str], Any] = {}  # loaded rerankers, captioners, answerers
         self._load_lock = threading.RLock()  # threads (the HTTP server) load each model once
         self._refresh_lock = threading.Lock()
+        self._ondisk_options = BuildOptions()
+        #: the figures of the last on-disk build of the image index (``build_index``)
+        self.last_build: BuildStats | None = None
         try:
             self.index = self._load_index()
         except BaseException:
@@ -356,9 +372,13 @@ class SearchEngine:
             return self._build_index(rec.index_factory, save=self.writable, kind=kind)
         for attempt in (1, 2):
             checksum = rec.index_checksum if kind == "images" else rec.text_index_checksum
+            note = rec.index_note if kind == "images" else ""
             try:
-                index = VectorIndex.load(path, rec.index_factory, rec.dim,
-                                         note=rec.index_note if kind == "images" else "", checksum=checksum)
+                if checksum is not None and checksum.startswith(ONDISK_PREFIX):
+                    current = getattr(self, "index", None) if kind == "images" else self._text_index
+                    index = OnDiskIndex.load(path, rec.index_factory, rec.dim, note, checksum, reuse=current)
+                else:
+                    index = VectorIndex.load(path, rec.index_factory, rec.dim, note=note, checksum=checksum)
                 break
             except VectorIndexError as exc:
                 if attempt == 1 and isinstance(exc, IndexChecksumError):
@@ -401,16 +421,40 @@ class SearchEngine:
     def _build_index(self, factory: str, *, save: bool, kind: VectorKind = "images") -> VectorIndex:
         cid = self.collection.id
         seq = self.store.current_seq(cid)
-        ids, vecs = self.store.all_vectors(cid, kind)
-        index = VectorIndex.build(factory, self.collection.dim, ids, vecs)
+        if is_ondisk(factory):
+            index = self._build_ondisk(factory, kind)
+        else:
+            ids, vecs = self.store.all_vectors(cid, kind)
+            index = VectorIndex.build(factory, self.collection.dim, ids, vecs)
         if save:
             self._save(index, seq, kind)
+        return index
+
+    def _build_ondisk(self, factory: str, kind: VectorKind) -> VectorIndex:
+        """Train, add in shards and merge on disk (see :mod:`searchengine.ondisk`); files are written even
+        when the caller records them later. With too few vectors to train, exact search in memory."""
+        if not self.writable:
+            raise VectorIndexError(f"the {kind} index of collection {self.collection.name!r} ({factory}) is missing "
+                                   "or does not match the store; it is built on disk by a writer: run "
+                                   "`searchengine rebuild-index`")
+        stats = BuildStats()
+        try:
+            index: VectorIndex = build_from_store(self.store, self.collection.id, kind, factory, self.collection.dim,
+                                                  self._path(kind), self._ondisk_options, stats)
+        except TooFewVectorsError as exc:
+            index = VectorIndex.create(factory, self.collection.dim)
+            index.note, index.chosen = f"{FALLBACK_NOTE}: {exc}", "Flat"
+            for ids, vecs in self.store.iter_vectors(self.collection.id, kind=kind):
+                index.add(ids, vecs)
+        if kind == "images":
+            self.last_build = stats
         return index
 
     def _save(self, index: VectorIndex, seq: int, kind: VectorKind = "images") -> None:
         checksum = index.save(self._path(kind))
         self.store.set_index_state(self.collection.id, seq, index.note, kind, checksum)
         self._refresh()
+        remove_unused_files(self._path(kind), index)  # earlier builds' lists, once nothing refers to them
 
     def _refresh(self) -> None:
         self.collection = self.store.require_collection(self.collection.name)
@@ -455,9 +499,24 @@ class SearchEngine:
         self.store.set_index_factory(cid, factory)
         for kind, index, seq, checksum in built:
             self.store.set_index_state(cid, seq, index.note, kind, checksum)
+            remove_unused_files(self._path(kind), index)
         self._refresh()
         self.index, self._text_index = built[0][1], built[1][1]
         return self.index.ntotal
+
+    def build_index(self, factory: str, *, sample: int | None = None, shard_size: int | None = None) -> int:
+        """Build the vector indexes as inverted files on disk, served memory-mapped (``factory``: an
+        inverted file such as ``IVF65536,PQ32``; see :mod:`searchengine.ondisk`). ``sample``: training
+        vectors; ``shard_size``: vectors per shard before the merge. Returns the image vectors indexed."""
+        options = BuildOptions(sample=sample, shard_size=shard_size or BuildOptions.shard_size)
+        if options.shard_size < 1 or (sample is not None and sample < 1):
+            raise VectorIndexError("the sample and the shard size must be at least 1")
+        inner = base_factory(factory)
+        self._ondisk_options = options
+        try:
+            return self.rebuild_index(ONDISK_PREFIX + inner)
+        finally:
+            self._ondisk_options = BuildOptions()
 
     # -- queries --------------------------------------------------------------------------
     def search(self, text: str | None = None, image: ImageQuery | None = None, *, query: str | None = None,
@@ -847,7 +906,7 @@ class SearchEngine:
             index_vectors=self.index.ntotal, index_nprobe=self.index.nprobe,
             index_note=self.index.note, data_dir=str(self.settings.data_dir),
             database=self.store.engine.url.render_as_string(hide_password=True),
-            schema_version=self.store.schema_version())
+            schema_version=self.store.schema_version(), index_storage=self.index.storage)
 
     def near_duplicates(self, threshold: float = 0.95) -> list[list[Hit]]:
         """Groups of images whose embeddings have cosine >= ``threshold`` (linked transitively).

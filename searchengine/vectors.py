@@ -32,7 +32,7 @@ import numpy as np
 
 from .errors import ConfigError, IndexChecksumError, VectorIndexError
 
-__all__ = ["VectorIndex", "normalize_factory", "choose_factory", "needs_rechoice", "AUTO", "AUTO_EXACT_LIMIT", "AUTO_TARGET_RECALL"]
+__all__ = ["VectorIndex", "write_index", "file_checksum", "normalize_factory", "choose_factory", "needs_rechoice", "AUTO", "AUTO_EXACT_LIMIT", "AUTO_TARGET_RECALL"]
 
 AUTO = "auto"
 #: below this many vectors ``auto`` searches exactly (Flat: about 18 ms per query at 100k x 512 on 2 cores)
@@ -93,6 +93,11 @@ def _make(factory: str, dim: int):
 
     if normalize_factory(factory) == AUTO:
         factory = "Flat"  # an empty auto index; build() chooses by size
+    from .ondisk import base_factory, is_ondisk
+
+    if is_ondisk(factory):
+        base_factory(factory)  # checked here; searchengine.ondisk builds it from the store
+        factory = "Flat"  # searched exactly until there are vectors to build it on disk from
     try:
         inner = faiss.index_factory(dim, normalize_factory(factory), faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
@@ -137,6 +142,10 @@ class VectorIndex:
         ``auto`` chooses the factory by size (:func:`choose_factory`) and tunes ``nprobe``.
         """
         factory = normalize_factory(factory)
+        from .ondisk import is_ondisk
+
+        if is_ondisk(factory):
+            raise VectorIndexError(f"{factory!r} is built on disk from the store (searchengine.ondisk), not in memory")
         concrete = choose_factory(len(ids)) if factory == AUTO else factory
         vi = cls(_make(concrete, dim), factory, dim, chosen=concrete)
         if not vi.is_trained:
@@ -205,6 +214,11 @@ class VectorIndex:
         if name == "IndexFlat" and inner.metric_type == faiss.METRIC_INNER_PRODUCT:
             return "IndexFlatIP"  # index_factory builds IndexFlat(IP); read_index gives IndexFlatIP
         return name
+
+    @property
+    def storage(self) -> str:
+        """Where the vectors live (an on-disk index says which file, see :mod:`searchengine.ondisk`)."""
+        return "in memory"
 
     @property
     def faiss_index(self):
@@ -276,48 +290,8 @@ class VectorIndex:
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, path: Path) -> str:
-        """Write atomically (a temp file in the same folder, fsync, ``os.replace``, fsync the folder);
-        returns the file's SHA-256, for :meth:`load` to check.
-
-        The bytes go through Python's own file object: faiss's file writer reports a failed final
-        flush (a full disk, a file size limit) only on stderr when it closes the file, so a
-        truncated index would have been put in place with the checksum of its truncated bytes.
-        On any error the previous file stays as it was and the temp file is removed; temp files
-        left by a process that was killed mid-save are removed by the next save."""
-        import faiss
-
-        path = Path(path)
-        digest = hashlib.sha256()
-        tmp: str | None = None
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            remove_stale_temps(path)
-            fd, tmp = tempfile.mkstemp(prefix=f"{_temp_prefix(path)}{os.getpid()}.", suffix=".tmp", dir=path.parent)
-            written = 0
-            with os.fdopen(fd, "wb") as fh:
-                def sink(chunk: bytes) -> None:
-                    nonlocal written
-                    fh.write(chunk)
-                    digest.update(chunk)
-                    written += len(chunk)
-
-                faiss.write_index(self._index, faiss.PyCallbackIOWriter(sink))
-                fh.flush()
-                os.fsync(fh.fileno())
-            if os.path.getsize(tmp) != written:
-                raise OSError(f"{written} bytes written but the file holds {os.path.getsize(tmp)}")
-            os.replace(tmp, path)
-            tmp = None
-        except (RuntimeError, OSError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[-1]
-            raise VectorIndexError(f"cannot save the vector index to {path}: {reason}; "
-                                   "the previous index file is unchanged") from exc
-        finally:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-        _fsync_dir(path.parent)
-        return digest.hexdigest()
+        """Write atomically (see :func:`write_index`); returns the file's SHA-256, for :meth:`load` to check."""
+        return write_index(self._index, path)
 
     @property
     def untrained_fallback(self) -> bool:
@@ -356,6 +330,51 @@ class VectorIndex:
         if not own_ids and isinstance(_inner(index), faiss.IndexIVF):  # the layout that cannot remove
             raise VectorIndexError(f"{path} is an inverted file in an id map, which cannot remove vectors")
         return cls(index, factory, dim, note=note)
+
+
+def write_index(index, path: Path) -> str:
+    """Write a faiss index atomically (a temp file in the same folder, fsync, ``os.replace``, fsync the folder);
+    returns the file's SHA-256, for :meth:`load` to check.
+
+    The bytes go through Python's own file object: faiss's file writer reports a failed final
+    flush (a full disk, a file size limit) only on stderr when it closes the file, so a
+    truncated index would have been put in place with the checksum of its truncated bytes.
+    On any error the previous file stays as it was and the temp file is removed; temp files
+    left by a process that was killed mid-save are removed by the next save."""
+    import faiss
+
+    path = Path(path)
+    digest = hashlib.sha256()
+    tmp: str | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path)
+        fd, tmp = tempfile.mkstemp(prefix=f"{_temp_prefix(path)}{os.getpid()}.", suffix=".tmp", dir=path.parent)
+        written = 0
+        with os.fdopen(fd, "wb") as fh:
+            def sink(chunk: bytes) -> None:
+                nonlocal written
+                fh.write(chunk)
+                digest.update(chunk)
+                written += len(chunk)
+
+            faiss.write_index(index, faiss.PyCallbackIOWriter(sink))
+            fh.flush()
+            os.fsync(fh.fileno())
+        if os.path.getsize(tmp) != written:
+            raise OSError(f"{written} bytes written but the file holds {os.path.getsize(tmp)}")
+        os.replace(tmp, path)
+        tmp = None
+    except (RuntimeError, OSError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[-1]
+        raise VectorIndexError(f"cannot save the vector index to {path}: {reason}; "
+                               "the previous index file is unchanged") from exc
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    _fsync_dir(path.parent)
+    return digest.hexdigest()
 
 
 def file_checksum(path: Path) -> str:
