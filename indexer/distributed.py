@@ -250,7 +250,8 @@ class RayRunner:
             rows = [{"shard": s.name, "entries": json.dumps([[e.path, e.size, e.mtime, e.sidecar] for e in s.entries])}
                     for s in shards]
             ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
-                _ShardActor, fn_constructor_kwargs={"job": job}, batch_size=1, concurrency=concurrency,
+                _ShardActor, fn_constructor_kwargs={"job": job}, batch_size=1,
+                compute=ray.data.ActorPoolStrategy(size=concurrency),
                 num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1)
             for row in ds.iter_rows():
                 yield str(row["shard"]), bytes(row["part"])
