@@ -10,8 +10,8 @@ builder is :func:`searchengine.ondisk.build_ondisk`, the same one ``build-index`
 
 * build: training on ``--sample`` vectors, adding in shards of ``--shard-size``, merging on disk.
 * bytes/vector: the ``.ivfdata`` file (codes + 8-byte ids) and the index file (quantizer, codebooks),
-  over the vector count; resident memory is measured after loading and after the queries
-  (``RssAnon``: heap; ``RssFile``: mapped pages touched), with the page cache warm from the build.
+  over the vector count; in memory: the index file, plus the mapped pages the queries touched
+  (``RssFile`` growth), with the page cache warm from the build.
 * recall@10: against exact inner-product search over the same vectors (brute force, streamed again),
   for ``--queries`` fresh queries; p50/p95 of one query at a time at each ``--nprobe``.
 
@@ -93,9 +93,7 @@ def bench(n: int, factory: str, sample: int, shard_size: int, queries: int, npro
     build_s = time.perf_counter() - started
     record = index.save(path)
     del index, train
-    loaded_before = rss()
     index = OnDiskIndex.load(path, "ondisk:" + factory, DIM, checksum=record)
-    loaded = rss()
     q = source.fresh(queries, seed=99)
     started = time.perf_counter()
     truth = exact_top10(source, q)
@@ -128,7 +126,6 @@ def bench(n: int, factory: str, sample: int, shard_size: int, queries: int, npro
         "data_bytes": stats.data_bytes, "index_bytes": stats.index_bytes,
         "disk_bytes_per_vector": round((stats.data_bytes + stats.index_bytes) / n, 2),
         "data_bytes_per_vector": round(stats.data_bytes / n, 2),
-        "rss_anon_after_load_bytes": loaded["RssAnon"] - loaded_before["RssAnon"],
         "rss_file_after_queries_bytes": after["RssFile"] - before["RssFile"],
         "exact_s": round(exact_s, 1), "queries": queries, "nprobe": rows,
     }

@@ -115,6 +115,8 @@ def test_later_images_are_searched_alongside_and_removed_ones_hidden(big):
             assert gone[0] not in index_owner.index.ids() and gone[0] not in index_owner.index.search(
                 clustered(1, seed=5), 20)[1][0]
             assert index_owner.status().index_vectors == 5002
+            _, only = index_owner.index.search(new, 5, allowed=np.array(gone + ids[:1]))  # a filter, in the search
+            assert only[:, 0].tolist() == [ids[0]] * 3 and gone[0] not in only
         index_owner.close()
 
 
