@@ -151,6 +151,13 @@ def index(
         "--caption-model", envvar="SEARCHENGINE_CAPTION_MODEL", show_default=False,
         help="--caption: a Hugging Face id or save_pretrained folder "
              "[default: Salesforce/blip-image-captioning-base].")] = None,
+    engine_kind: Annotated[str, typer.Option(
+        "--engine", help="local: decode and encode here. ray: decode and encode in resumable shards on Ray Data (the ray "
+             "extra), then write here; a failed job re-run skips its finished shards.")] = "local",
+    address: Annotated[Optional[str], typer.Option(
+        "--address", envvar="RAY_ADDRESS", show_default=False,
+        help="--engine ray: the cluster, e.g. ray://host:10001 [default: a local Ray].")] = None,
+    shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="--engine ray: files per shard.")] = 1024,
     data_dir: DataDir = None, db: Db = None, device: Device = "auto", precision: Precision = "auto",
     json_out: Json = False, verbose: Verbose = False,
 ) -> None:
@@ -173,9 +180,17 @@ def index(
         from .engine import SearchEngine
 
         roots = normalize_roots(paths)  # a mistyped path fails before a collection is created
+        sharded = None
+        if engine_kind not in ("local", "ray"):
+            raise ConfigError(f"--engine must be local or ray, not {engine_kind!r}")
+        if engine_kind == "ray":
+            from indexer.distributed import RayRunner, Sharded, import_ray
+
+            import_ray()  # a missing extra fails before any collection is created
+            sharded = Sharded(RayRunner(address), shard_size)
         with SearchEngine.open(settings=settings, create=True, writable=True) as engine:
             report = index_folder(roots, engine=engine, retry_errors=retry_errors, ocr=ocr,
-                                  progress=_Bar(enabled=not json_out))
+                                  progress=_Bar(enabled=not json_out), sharded=sharded)
             if caption:
                 from .cli_stages import caption_collection
 

@@ -54,3 +54,16 @@ def test_ray_runner_equals_local_path_and_resumes(tmp_path, tiny_model, monkeypa
     index_folder([folder], collection="resumed", model=tiny_model, sharded=sharded)
     assert sorted(sharded.ran) == ["shard-00002", "shard-00003"]  # Ray returns shards as they finish
     assert_same(collection_state("plain", folder), collection_state("resumed", folder))
+
+
+def test_cli_engine_ray(tmp_path, tiny_model, local_ray):
+    from typer.testing import CliRunner
+
+    from searchengine.cli import app
+
+    folder = make_folder(tmp_path)
+    index_folder([folder], collection="plain", model=tiny_model)
+    result = CliRunner().invoke(app, ["index", str(folder), "-c", "cli", "-m", tiny_model, "--engine", "ray",
+                                      "--shard-size", "5", "--json"])
+    assert result.exit_code == 0, result.output
+    assert_same(collection_state("plain", folder), collection_state("cli", folder))

@@ -187,3 +187,20 @@ def test_sharded_local_runner_equals_local_path_and_resumes(tmp_path, tiny_model
     os.utime(folder / "sub" / "p00.jpg", (1_000_000_000, 1_000_000_000))  # touched only: hashed, not encoded
     more = index_folder([folder], collection="sharded", model=tiny_model, sharded=sharded)
     assert (more.added, more.encoded, more.unchanged) == (1, 1, 13) and sharded.ran == ["shard-00000"]
+
+
+def test_cli_engine_ray_without_the_extra_names_it(tmp_path, tiny_model, monkeypatch):
+    import sys
+
+    from typer.testing import CliRunner
+
+    from searchengine.cli import app
+
+    folder = make_folder(tmp_path, n=1)
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the ray extra were not installed
+    result = CliRunner().invoke(app, ["index", str(folder), "-m", tiny_model, "--engine", "ray"])
+    assert result.exit_code != 0
+    assert "pip install 'searchengine[ray]'" in result.output
+    bogus = CliRunner().invoke(app, ["index", str(folder), "-m", tiny_model, "--engine", "spark"])
+    assert bogus.exit_code != 0 and "--engine must be local or ray" in bogus.output
+    assert not (tmp_path / "home" / "collections" / "default").exists()  # refused before a collection was made
