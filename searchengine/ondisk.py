@@ -7,7 +7,7 @@ records it) is built this way:
 2. stream every stored vector once, in id order, into shards of ``shard_size`` vectors: each shard is
    a copy of the trained empty index filled with ``add_with_ids`` (ids = SQL keys) and written to a
    temp folder next to the index;
-3. merge the shards' inverted lists into one ``.ivfdata`` file (faiss ``merge_ondisk``) and write the
+3. merge the shards' inverted lists into one ``.ivfdata`` file (as faiss ``merge_ondisk``) and write the
    small index file that refers to it (quantizer, codebooks, list offsets);
 4. serve it memory-mapped, read-only: resident memory is the quantizer and codebooks plus the pages
    of the lists that queries touch.
@@ -352,7 +352,6 @@ def build_ondisk(factory: str, dim: int, path: Path, sample: np.ndarray, sample_
 
     Raises :class:`VectorIndexError` (``path`` and its data left as they were) if any step fails."""
     import faiss
-    from faiss.contrib.ondisk import merge_ondisk
 
     stats = stats if stats is not None else BuildStats()
     inner = base_factory(factory)
@@ -385,8 +384,7 @@ def build_ondisk(factory: str, dim: int, path: Path, sample: np.ndarray, sample_
         stats.add_s = time.perf_counter() - started
         started = time.perf_counter()
         merged = faiss.deserialize_index(trained)
-        with _native_stdout_to_stderr():
-            merge_ondisk(merged, shards, str(data))
+        _merge(merged, shards, data)
         _fsync_file(data)
         stats.merge_s = time.perf_counter() - started
         started = time.perf_counter()
@@ -437,6 +435,26 @@ def _write_shards(trained: np.ndarray, dim: int, chunks: Iterable[tuple[np.ndarr
                 shard = None
     if shard is not None and shard.ntotal:
         yield _write_shard(shard, work, stats)
+
+
+def _merge(index, shards: list[str], data: Path) -> None:
+    """faiss.contrib.ondisk.merge_ondisk, except that the shards' mapped lists are released afterwards
+    (merge_ondisk leaves them mapped for the life of the process, which also keeps the deleted shard
+    files' disk space in use)."""
+    import faiss
+
+    parts = [faiss.read_index(name, faiss.IO_FLAG_MMAP) for name in shards]
+    lists = faiss.InvertedListsPtrVector()
+    for part in parts:
+        lists.push_back(faiss.extract_index_ivf(part).invlists)
+    ivf = faiss.extract_index_ivf(index)
+    ondisk_lists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(data))
+    with _native_stdout_to_stderr():
+        ntotal = ondisk_lists.merge_from_multiple(lists.data(), lists.size(), False)
+    index.ntotal = ivf.ntotal = ntotal
+    ivf.replace_invlists(ondisk_lists, True)
+    ondisk_lists.this.disown()
+    del lists, parts  # each shard index owns its lists: unmapped here
 
 
 def _write_shard(shard, work: Path, stats: BuildStats) -> Path:
