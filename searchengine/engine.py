@@ -53,6 +53,10 @@ TEXT_INDEX_FILE = "texts.faiss"
 SearchMode = Literal["vector", "keyword", "hybrid"]
 #: Reciprocal rank fusion's constant (Cormack et al. 2009): rank r contributes weight / (RRF_K + r).
 RRF_K = 60
+#: A lossy index (product-quantised codes, :attr:`VectorIndex.lossy`) is asked for this many times
+#: the candidates wanted, which are then re-ranked by exact inner products with the vectors the store
+#: keeps (float16); Flat and SQ indexes are searched as they are.
+RERANK_FACTOR = 10
 
 
 @dataclass(frozen=True)
@@ -743,7 +747,7 @@ class SearchEngine:
                 else _normalized(np.asarray(vector, np.float32)))
         n = k if field is None else 4 * k
         while True:
-            scores, ids = self.text_index.search(qvec.reshape(1, -1), n + 8)
+            scores, ids = self._search_index(self.text_index, qvec.reshape(1, -1), n + 8, kind="texts")
             pairs = [(int(i), float(sc)) for i, sc in zip(ids[0], scores[0]) if i >= 0]
             rows = self.store.texts_by_ids(self.collection.id, [i for i, _ in pairs])
             found = [(rows[i], sc) for i, sc in pairs if i in rows and (field is None or rows[i].field == field)]
@@ -835,23 +839,24 @@ class SearchEngine:
 
         A selective filter (at most a quarter of the collection) searches through a faiss id
         selector; a broad one oversamples and filters. Approximate indexes can come back short
-        under a selector (HNSW's graph walk); then the allowed vectors are scored exactly.
+        under a selector (HNSW's graph walk); then the allowed vectors are scored exactly. A lossy
+        index's candidates are re-ranked exactly (:meth:`_search_index`).
         """
         total = self.index.ntotal
         q = np.asarray(qvec, dtype=np.float32).reshape(1, -1)
         if allowed is None:
-            scores, ids = self.index.search(q, n + max(8, n // 4))  # rows removed by another process
+            scores, ids = self._search_index(self.index, q, n + max(8, n // 4))  # rows removed by another process
             return [(int(i), float(sc)) for i, sc in zip(ids[0], scores[0]) if i >= 0]
         want = min(n, len(allowed))
         if want == 0:
             return []
         found: list[tuple[int, float]] = []
         if len(allowed) * 4 > total:
-            scores, ids = self.index.search(q, int(n * total / len(allowed) * 1.5) + 16)
+            scores, ids = self._search_index(self.index, q, int(n * total / len(allowed) * 1.5) + 16)
             keep = np.isin(ids[0], allowed)
             found = [(int(i), float(sc)) for i, sc in zip(ids[0][keep], scores[0][keep])]
         if len(found) < want:
-            scores, ids = self.index.search(q, want, allowed=allowed)
+            scores, ids = self._search_index(self.index, q, want, allowed=allowed)
             found = [(int(i), float(sc)) for i, sc in zip(ids[0], scores[0]) if i >= 0]
         if len(found) < want:
             live = self.store.live_ids(self.collection.id)
@@ -860,6 +865,18 @@ class SearchEngine:
             top = np.argsort(-sims, kind="stable")[:n]
             found = [(int(ids[i]), float(sims[i])) for i in top]
         return found[:n]
+
+    def _search_index(self, index: VectorIndex, q: np.ndarray, k: int, allowed: np.ndarray | None = None,
+                      kind: VectorKind = "images") -> tuple[np.ndarray, np.ndarray]:
+        """``index.search`` of one query row; a lossy index's ``RERANK_FACTOR * k`` candidates are
+        re-scored exactly with the stored vectors (rows removed meanwhile drop out) and the top ``k`` kept."""
+        if not index.lossy:
+            return index.search(q, k, allowed=allowed)
+        _, cand = index.search(q, k * RERANK_FACTOR, allowed=allowed)
+        ids, vecs = self.store.live_vectors(self.collection.id, cand[0][cand[0] >= 0].tolist(), kind)
+        sims = vecs @ q[0]
+        top = np.argsort(-sims, kind="stable")[:k]
+        return sims[top].astype(np.float32).reshape(1, -1), ids[top].reshape(1, -1)
 
     def _hits(self, ranked: list[tuple[int, float]], group: bool) -> list[Hit]:
         """Join ranked ids through the store; with ``group``, one hit per product (its best image)."""

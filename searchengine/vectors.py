@@ -216,6 +216,18 @@ class VectorIndex:
         return name
 
     @property
+    def lossy(self) -> bool:
+        """Whether the index keeps product-quantised codes (PQ of any kind, OPQ included), whose
+        scores are approximations that a search should re-rank exactly. Flat and SQ codes are not."""
+        import faiss
+
+        inner = _inner(self._index)
+        while isinstance(inner, faiss.IndexPreTransform):  # OPQ and other rotations before the codes
+            inner = faiss.downcast_index(inner.index)
+        return isinstance(inner, (faiss.IndexPQ, faiss.IndexIVFPQ, faiss.IndexPQFastScan,
+                                  faiss.IndexIVFPQFastScan, faiss.IndexHNSWPQ))
+
+    @property
     def storage(self) -> str:
         """Where the vectors live (an on-disk index says which file, see :mod:`searchengine.ondisk`)."""
         return "in memory"

@@ -79,6 +79,24 @@ def test_the_index_is_merged_on_disk_and_served_memory_mapped(big):
         assert len(hits) == 5 and all(h.path.startswith("/photos/") for h in hits)
 
 
+def test_pq_candidates_are_re_ranked_exactly_with_the_stored_vectors(big):
+    queries = clustered(100, seed=2)
+    with SearchEngine.open(COLL, data_dir=big) as engine:
+        assert engine.index.lossy and engine.index.inner_type == "IndexIVFPQ"
+        truth = exact_ids(engine, queries)
+        raw = recall(engine, queries)  # the index's own (PQ) ranking
+        found = [[h.id for h in engine.search(vector=q, k=10)] for q in queries]
+        reranked = float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)]))
+        assert reranked > raw and reranked >= 0.95, (raw, reranked)
+        hits = engine.search(vector=queries[0], k=10)
+        _, vecs = engine.store.live_vectors(engine.collection.id, [h.id for h in hits])
+        assert np.allclose([h.score for h in hits], vecs @ queries[0], atol=1e-6)  # exact, float16-stored vectors
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+        allowed = truth[0][::2]  # a filter: the selector path re-ranks too
+        ranked = engine._vector_ranking(queries[0], 3, allowed)
+        assert [i for i, _ in ranked] == truth[0][::2][:3].tolist()
+
+
 def test_cli_builds_and_status_shows_the_disk_index(big, tiny_model):
     runner = CliRunner()
     out = runner.invoke(app, ["build-index", "--factory", "IVF32,PQ8", "--shard-size", "2000", "-c", COLL,
