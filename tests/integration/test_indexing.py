@@ -165,11 +165,11 @@ def test_interrupted_run_keeps_committed_batches_and_the_next_run_finishes(run, 
     calls = {"n": 0}
     real_write = Writer.write
 
-    def flaky(self, batch):
+    def flaky(self, batch, *rest):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
-        return real_write(self, batch)
+        return real_write(self, batch, *rest)
 
     monkeypatch.setenv("SEARCHENGINE_BATCH_SIZE", "2")
     monkeypatch.setattr(Writer, "write", flaky)
