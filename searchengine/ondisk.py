@@ -49,6 +49,7 @@ from .vectors import (
     _fsync_dir,
     _selector,
     file_checksum,
+    verify_checksum,
     write_index,
 )
 
@@ -266,14 +267,7 @@ class OnDiskIndex(VectorIndex):
             index._base_ids = reuse._base_ids
             return index
         for file, want in ((path, record.index), (path.parent / record.data_name, record.data)):
-            try:
-                found = file_checksum(file)
-            except OSError as exc:
-                raise VectorIndexError(f"cannot read the on-disk index file {file}: {exc}") from exc
-            if found != want:
-                raise IndexChecksumError(f"{file} does not have the checksum recorded when the engine wrote it "
-                                         "(a build cut short by a crash, or a file changed outside the engine); "
-                                         "it is not read")
+            verify_checksum(file, want)
         return cls(_read_base(path, dim), factory, dim, path, record, delta, note)
 
 

@@ -324,14 +324,7 @@ class VectorIndex:
         import faiss
 
         if checksum is not None:
-            try:
-                found = file_checksum(Path(path))
-            except OSError as exc:
-                raise VectorIndexError(f"cannot read the vector index {path}: {exc}") from exc
-            if found != checksum:
-                raise IndexChecksumError(f"{path} does not have the checksum recorded when the engine saved it "
-                                         "(a save cut short by a crash, or a file changed outside the engine); "
-                                         "it is not read")
+            verify_checksum(Path(path), checksum)
         try:
             index = faiss.read_index(str(path))
         except RuntimeError as exc:
@@ -387,6 +380,19 @@ def write_index(index, path: Path) -> str:
                 os.unlink(tmp)
     _fsync_dir(path.parent)
     return digest.hexdigest()
+
+
+def verify_checksum(path: Path, want: str) -> None:
+    """Raise unless ``path`` has the SHA-256 ``want`` recorded when the engine wrote it (before any
+    native reader sees the file)."""
+    try:
+        found = file_checksum(path)
+    except OSError as exc:
+        raise VectorIndexError(f"cannot read the vector index file {path}: {exc}") from exc
+    if found != want:
+        raise IndexChecksumError(f"{path} does not have the checksum recorded when the engine saved it "
+                                 "(a save cut short by a crash, or a file changed outside the engine); "
+                                 "it is not read")
 
 
 def file_checksum(path: Path) -> str:
