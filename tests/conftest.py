@@ -69,3 +69,13 @@ def store_url(request, tmp_path):
 
     with fresh_database() as url:
         yield url
+
+
+@pytest.fixture
+def store(store_url):
+    """A new ``Store`` over ``store_url``: once on SQLite, once on PostgreSQL."""
+    from searchengine.store import Store
+
+    s = Store(store_url)
+    yield s
+    s.close()

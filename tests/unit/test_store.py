@@ -19,14 +19,6 @@ from searchengine.store import (
 )
 
 
-@pytest.fixture
-def store(store_url):
-    """A new store, on SQLite and on PostgreSQL (``store_url`` in tests/conftest.py)."""
-    s = Store(store_url)
-    yield s
-    s.close()
-
-
 def coll(store: Store, name: str = "c"):
     return store.create_collection(name, "local-dir:/m", 4, b"\0" * 16, "fp", "Flat")
 

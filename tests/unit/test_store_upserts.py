@@ -32,13 +32,6 @@ from searchengine.store import (
 )
 
 
-@pytest.fixture
-def store(store_url):
-    s = Store(store_url)
-    yield s
-    s.close()
-
-
 def coll(store: Store, name: str = "c", spec: str = "local-dir:/m"):
     return store.create_collection(name, spec, 4, b"\0" * 16, "fp", "Flat")
 
