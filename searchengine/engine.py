@@ -860,10 +860,8 @@ class SearchEngine:
             found = [(int(i), float(sc)) for i, sc in zip(ids[0], scores[0]) if i >= 0]
         if len(found) < want:
             live = self.store.live_ids(self.collection.id)
-            ids, vecs = self.store.live_vectors(self.collection.id, np.intersect1d(allowed, live).tolist())
-            sims = vecs @ q[0]
-            top = np.argsort(-sims, kind="stable")[:n]
-            found = [(int(ids[i]), float(sims[i])) for i in top]
+            ids, sims = self._exact_top(np.intersect1d(allowed, live).tolist(), q, n)
+            found = [(int(i), float(sc)) for i, sc in zip(ids, sims)]
         return found[:n]
 
     def _search_index(self, index: VectorIndex, q: np.ndarray, k: int, allowed: np.ndarray | None = None,
@@ -873,10 +871,17 @@ class SearchEngine:
         if not index.lossy:
             return index.search(q, k, allowed=allowed)
         _, cand = index.search(q, k * RERANK_FACTOR, allowed=allowed)
-        ids, vecs = self.store.live_vectors(self.collection.id, cand[0][cand[0] >= 0].tolist(), kind)
+        ids, sims = self._exact_top(cand[0][cand[0] >= 0].tolist(), q, k, kind)
+        return sims.astype(np.float32).reshape(1, -1), ids.reshape(1, -1)
+
+    def _exact_top(self, ids: Sequence[int], q: np.ndarray, k: int,
+                   kind: VectorKind = "images") -> tuple[np.ndarray, np.ndarray]:
+        """(ids, scores) of the best ``k`` of ``ids`` by exact inner product with their stored vectors,
+        best first; rows a writer removed meanwhile drop out."""
+        found, vecs = self.store.live_vectors(self.collection.id, ids, kind)
         sims = vecs @ q[0]
         top = np.argsort(-sims, kind="stable")[:k]
-        return sims[top].astype(np.float32).reshape(1, -1), ids[top].reshape(1, -1)
+        return found[top], sims[top]
 
     def _hits(self, ranked: list[tuple[int, float]], group: bool) -> list[Hit]:
         """Join ranked ids through the store; with ``group``, one hit per product (its best image)."""
