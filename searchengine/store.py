@@ -559,7 +559,7 @@ class _Engine:
             raise StoreError(f"{what}: {_reason(exc)}") from exc
 
     def raw_connect(self) -> Connection:
-        """A connection the caller holds and closes (errors not translated)."""
+        """A connection the caller holds and closes; only a failure to open it becomes a StoreError."""
         try:
             return self._engine.connect()
         except SQLAlchemyError as exc:
