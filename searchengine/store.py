@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import time
 from contextlib import contextmanager
 from dataclasses import KW_ONLY, dataclass, field
@@ -529,11 +530,32 @@ def _sqlite_casefold(value: object) -> object:
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # pragma: no cover - exercised via connect
     dbapi_conn.create_function("se_casefold", 1, _sqlite_casefold, deterministic=True)
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    _sqlite_wal(cur)
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
+
+
+def _sqlite_wal(cur, patience: float = 30.0) -> None:
+    """Switch the database to WAL, which persists in the file, so only a new database changes mode.
+
+    Connections opening a new database at once race for the switch, and SQLite answers the
+    loser "database is locked" at once instead of waiting in the busy handler; it retries.
+    """
+    deadline = time.monotonic() + patience
+    delay = 0.005
+    while True:
+        try:
+            if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                return
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
 
 class _Engine:

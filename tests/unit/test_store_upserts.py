@@ -5,6 +5,7 @@ connection writes the same key and holds its transaction open until the store's 
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,6 +22,7 @@ from searchengine.store import (
     NewImage,
     ProductWrite,
     Store,
+    _sqlite_wal,
     collections,
     file_errors,
     generated,
@@ -182,3 +184,60 @@ def test_stores_opened_at_once_on_a_new_database_migrate_it_once(store_url):
         assert conn.execute(text("SELECT version FROM schema_version ORDER BY version")).scalars().all() == \
             list(range(1, SCHEMA_VERSION + 1))
     s.close()
+
+
+def test_many_stores_opening_new_sqlite_files_at_once_never_see_database_is_locked(tmp_path):
+    """The first connections to a new SQLite file race to switch it to WAL; SQLite answers the
+    loser "database is locked" without waiting, which one open in about fourteen used to raise."""
+    for round_ in range(30):
+        url = f"sqlite:///{tmp_path / str(round_) / 'test.db'}"
+        start = threading.Barrier(4)
+
+        def open_store(_, url=url, start=start):
+            start.wait()
+            s = Store(url)
+            try:
+                return s.schema_version()
+            finally:
+                s.close()
+
+        with ThreadPoolExecutor(4) as pool:
+            assert list(pool.map(open_store, range(4))) == [SCHEMA_VERSION] * 4
+
+
+class _LockedCursor:
+    """A cursor whose journal-mode switch is refused ``refusals`` times, as a racing connection sees."""
+
+    def __init__(self, refusals: int, message: str = "database is locked") -> None:
+        self.refusals, self.message, self.mode, self.calls = refusals, message, "delete", []
+
+    def execute(self, sql: str):
+        self.calls.append(sql)
+        if sql == "PRAGMA journal_mode=WAL":
+            if self.refusals:
+                self.refusals -= 1
+                raise sqlite3.OperationalError(self.message)
+            self.mode = "wal"
+        return self
+
+    def fetchone(self):
+        return (self.mode,)
+
+
+def test_the_wal_switch_retries_a_locked_database_and_skips_a_file_already_in_wal():
+    cur = _LockedCursor(refusals=3)
+    _sqlite_wal(cur)
+    assert cur.mode == "wal" and cur.calls.count("PRAGMA journal_mode=WAL") == 4
+    already = _LockedCursor(refusals=0)
+    already.mode = "wal"
+    _sqlite_wal(already)
+    assert already.calls == ["PRAGMA journal_mode"]
+
+
+def test_the_wal_switch_gives_up_after_its_patience_and_passes_other_errors_at_once():
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        _sqlite_wal(_LockedCursor(refusals=10**6), patience=0.05)
+    other = _LockedCursor(refusals=1, message="disk I/O error")
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+        _sqlite_wal(other)
+    assert other.calls.count("PRAGMA journal_mode=WAL") == 1
