@@ -102,6 +102,8 @@ def run_files(engine: SearchEngine, scanned: ScanResult, rows: list[ImageRecord]
         report.errors.extend(errs)
     if progress is not None:
         progress.start(len(work.candidates))
+    if sharded is not None:
+        sharded.ran = []  # nothing to decode leaves it empty too
     try:
         if work.candidates:
             encoder = engine.encoder

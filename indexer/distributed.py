@@ -22,8 +22,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
+import socket
 from contextlib import closing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -41,7 +43,9 @@ if TYPE_CHECKING:
     from searchengine.models.clip import ClipEncoder
 
 __all__ = ["ShardJob", "Shard", "Part", "encode_shard", "make_shards", "write_part", "read_part", "part_bytes",
-           "LocalRunner", "RayRunner", "Sharded", "DEFAULT_SHARD_SIZE", "PART_FORMAT"]
+           "LocalRunner", "RayRunner", "PoolPlan", "plan_pool", "Sharded", "DEFAULT_SHARD_SIZE", "PART_FORMAT"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SHARD_SIZE = 1024
 PART_FORMAT = 1
@@ -89,6 +93,8 @@ class Part:
     shard: str
     files: list[Decoded]
     vectors: dict[str, np.ndarray]  # content hash -> float32 vector, as the encoder returned it
+    #: where it was computed: host, pid, the model's device and the GPUs the worker was given
+    worker: dict = field(default_factory=dict)
 
 
 def make_shards(entries: list[FileEntry], size: int = DEFAULT_SHARD_SIZE) -> list[Shard]:
@@ -142,7 +148,9 @@ def encode_shard(entries: tuple[FileEntry, ...] | list[FileEntry], job: ShardJob
             files.append(replace(d, pixels=None))
     flush()
     files.sort(key=lambda d: d.entry.path)
-    return Part(name, files, vectors)
+    worker = dict(host=socket.gethostname(), pid=os.getpid(), device=str(encoder.device),
+                  gpus=os.environ.get("CUDA_VISIBLE_DEVICES"))
+    return Part(name, files, vectors, worker)
 
 
 # -- part files: npz, no pickle -------------------------------------------------------------------
@@ -159,7 +167,8 @@ def part_bytes(part: Part) -> bytes:
     vecs = np.stack([part.vectors[h] for h in hashes]).astype(np.float32) if hashes else np.zeros((0, dim), np.float32)
     buf = io.BytesIO()
     np.savez(buf, format=np.array(PART_FORMAT), shard=np.array(part.shard), vectors=vecs,
-             hashes=np.array(hashes, dtype=np.str_), files=np.array(json.dumps(files)))
+             hashes=np.array(hashes, dtype=np.str_), files=np.array(json.dumps(files)),
+             worker=np.array(json.dumps(part.worker)))
     return buf.getvalue()
 
 
@@ -177,15 +186,18 @@ def write_part(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def read_part(path: Path) -> Part:
-    with np.load(path, allow_pickle=False) as npz:
+def read_part(path: Path | bytes) -> Part:
+    """A part file, from its path or its bytes."""
+    with np.load(io.BytesIO(path) if isinstance(path, bytes) else path, allow_pickle=False) as npz:
         if int(npz["format"]) != PART_FORMAT:
-            raise ConfigError(f"{path} is a part file of another format ({int(npz['format'])})")
+            where = "a part" if isinstance(path, bytes) else str(path)
+            raise ConfigError(f"{where} is a part file of another format ({int(npz['format'])})")
         vectors = dict(zip((str(h) for h in npz["hashes"]), npz["vectors"]))
         files = json.loads(str(npz["files"]))
         shard = str(npz["shard"])
+        worker = json.loads(str(npz["worker"])) if "worker" in npz.files else {}
     decoded = [Decoded(FileEntry(f.pop("path"), f.pop("size"), f.pop("mtime"), f.pop("sidecar")), **f) for f in files]
-    return Part(shard, decoded, vectors)
+    return Part(shard, decoded, vectors, worker)
 
 
 # -- runners --------------------------------------------------------------------------------------
@@ -196,10 +208,12 @@ class Runner(Protocol):
 
 
 class LocalRunner:
-    """Shards one after another in this process (the model loaded once, or the engine's given)."""
+    """Shards one after another in this process (the model loaded once, or the engine's given),
+    decoding in ``decode_workers`` processes (None: the engine's setting, as the local path)."""
 
-    def __init__(self, encoder: "ClipEncoder | None" = None) -> None:
+    def __init__(self, encoder: "ClipEncoder | None" = None, decode_workers: int | None = None) -> None:
         self.encoder = encoder
+        self.decode_workers = decode_workers
 
     def map(self, shards: list[Shard], job: ShardJob) -> Iterator[tuple[str, bytes]]:
         for shard in shards:
@@ -224,15 +238,38 @@ class _ShardActor:
         return {"shard": np.array(names), "part": np.array(parts, dtype=object)}
 
 
-class RayRunner:
-    """Shards on Ray Data: an actor pool of ``concurrency`` actors (default: one per GPU when the
-    cluster has GPUs and the device is not cpu, else one per CPU), each holding the model once.
-    ``address``: a cluster (``ray://host:10001``, ``auto``); None starts a local Ray unless one is
-    already initialised in this process."""
+@dataclass(frozen=True)
+class PoolPlan:
+    """How many shard actors Ray runs and what each one reserves."""
 
-    def __init__(self, address: str | None = None, concurrency: int | None = None) -> None:
+    actors: int
+    num_gpus: int  # per actor: 1 on a cluster with GPUs (unless the device is cpu), else 0
+    num_cpus: int  # per actor: 1 without a GPU (the model's threads), 0 beside one
+
+
+def plan_pool(resources: dict, device: str, shards: int, concurrency: int | None = None) -> PoolPlan:
+    """The actor pool for ``shards`` shards on a cluster with ``resources`` (``ray.cluster_resources()``):
+    one actor per GPU when the cluster has GPUs and ``device`` is not cpu, else one per CPU; never
+    more actors than shards. ``concurrency`` overrides the count."""
+    gpus = int(resources.get("GPU", 0)) if device != "cpu" else 0
+    actors = concurrency or gpus or max(1, int(resources.get("CPU", 1)))
+    return PoolPlan(max(1, min(actors, shards)), 1 if gpus else 0, 0 if gpus else 1)
+
+
+class RayRunner:
+    """Shards on Ray Data: an actor pool (see :func:`plan_pool`), each actor holding the model once.
+    ``address``: a cluster (``ray://host:10001``, ``auto``); None starts a local Ray unless one is
+    already initialised in this process. Each actor decodes in ``decode_workers`` child processes,
+    so a file that hangs or needs too much memory costs that file, not the actor and its shard."""
+
+    decode_workers = 1
+
+    def __init__(self, address: str | None = None, concurrency: int | None = None,
+                 decode_workers: int | None = None) -> None:
         self.address = address
         self.concurrency = concurrency
+        if decode_workers is not None:
+            self.decode_workers = decode_workers
 
     def map(self, shards: list[Shard], job: ShardJob) -> Iterator[tuple[str, bytes]]:
         ray = import_ray()
@@ -243,16 +280,12 @@ class RayRunner:
             ray.init(address=self.address, log_to_driver=False, **kwargs)
             started = True
         try:
-            resources = ray.cluster_resources()
-            gpus = int(resources.get("GPU", 0)) if job.device != "cpu" else 0
-            concurrency = self.concurrency or gpus or max(1, int(resources.get("CPU", 1)))
-            concurrency = max(1, min(concurrency, len(shards)))
+            pool = plan_pool(ray.cluster_resources(), job.device, len(shards), self.concurrency)
             rows = [{"shard": s.name, "entries": json.dumps([[e.path, e.size, e.mtime, e.sidecar] for e in s.entries])}
                     for s in shards]
             ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
                 _ShardActor, fn_constructor_kwargs={"job": job}, batch_size=1,
-                compute=ray.data.ActorPoolStrategy(size=concurrency),
-                num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1)
+                compute=ray.data.ActorPoolStrategy(size=pool.actors), num_gpus=pool.num_gpus, num_cpus=pool.num_cpus)
             for row in ds.iter_rows():
                 yield str(row["shard"]), bytes(row["part"])
         finally:
@@ -280,13 +313,15 @@ class Sharded:
         self.shard_size = shard_size
         self.ran: list[str] = []  # shards computed by the last run (the others were resumed)
 
-    def job_for(self, engine: "SearchEngine", options: DecodeOptions) -> ShardJob:
+    def job_for(self, engine: "SearchEngine", options: DecodeOptions, runner: Runner) -> ShardJob:
         s = engine.settings
+        workers = getattr(runner, "decode_workers", None)
         return ShardJob(model_spec=engine.collection.model_spec, device=s.device, precision=s.precision,
                         batch_size=s.batch_size, fingerprint=bytes(engine.collection.fingerprint),
                         known_hashes=options.known_hashes, own_hashes=dict(options.own_hashes),
                         max_pixels=options.max_pixels, ocr=options.ocr, ocr_hashes=options.ocr_hashes,
-                        timeout=options.timeout, memory_limit=options.memory_limit)
+                        timeout=options.timeout, memory_limit=options.memory_limit,
+                        decode_workers=s.decode_workers() if workers is None else workers)
 
     def job_dir(self, engine: "SearchEngine", job: ShardJob, shards: list[Shard]) -> Path:
         h = hashlib.sha256(job.digest().encode())
@@ -297,18 +332,21 @@ class Sharded:
     def batches(self, engine: "SearchEngine", candidates: list[FileEntry], options: DecodeOptions,
                 batch_size: int) -> Iterator[tuple[list[Decoded], dict[str, np.ndarray]]]:
         """Run the shards not done yet, then yield every part's files in batches with its vectors."""
-        job = self.job_for(engine, options)
+        runner = self.runner or LocalRunner(engine.encoder)
+        job = self.job_for(engine, options, runner)
         shards = make_shards(candidates, self.shard_size)
         folder = self.job_dir(engine, job, shards)
         todo = [s for s in shards if not (folder / f"{s.name}.npz").exists()]
         self.ran = []
         if todo:
-            runner = self.runner or LocalRunner(engine.encoder)
+            log.info("%d of %d shards to run (%s)", len(todo), len(shards), folder)
             for name, data in runner.map(todo, job):
                 write_part(folder / f"{name}.npz", data)
                 self.ran.append(name)
+                log.info("%s done (%d/%d)", name, len(self.ran), len(todo))
         for shard in shards:
             part = read_part(folder / f"{shard.name}.npz")
+            log.debug("%s was computed by %s", shard.name, part.worker)
             for start in range(0, len(part.files), batch_size):
                 yield part.files[start : start + batch_size], part.vectors
         shutil.rmtree(parts_root(engine), ignore_errors=True)  # every part is in the store now

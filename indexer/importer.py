@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
@@ -24,6 +25,9 @@ from .catalog import Catalog, CatalogColumns, CatalogRow, is_url, read_catalog
 from .fetch import FetchOptions, cache_path, fetch_many
 from .scan import FileEntry, ScanResult, sidecar_signature
 from .writer import IndexReport, text_vectors
+
+if TYPE_CHECKING:
+    from .distributed import Sharded
 
 __all__ = ["import_catalog", "ImportReport"]
 
@@ -56,12 +60,14 @@ class ImportReport:
 def import_catalog(path: str | os.PathLike | Catalog, *, engine: SearchEngine | None = None, collection: str | None = None,
                    model: str | None = None, columns: CatalogColumns | None = None,
                    fetch_options: FetchOptions | None = None, prune: bool = True, refresh: bool = False,
-                   progress=None, **open_kwargs: object) -> ImportReport:
+                   progress=None, sharded: "Sharded | None" = None, **open_kwargs: object) -> ImportReport:
     """Import (or re-import) a catalog file (CSV, TSV, JSONL, JSON, Parquet) into a collection.
 
     ``prune``: remove products this catalog imported before that are no longer in it (a row
     that is now invalid keeps its product as it was). Bad rows, failed downloads and bad
     images are recorded as errors with their line number or URL; nothing else is lost.
+    ``sharded``: decode and encode the catalog's images in shards (on Ray:
+    :class:`indexer.distributed.Sharded`); downloads and the products' texts stay here.
     """
     # a bad file fails before a collection is created; a Catalog already read is used as is
     catalog = path if isinstance(path, Catalog) else read_catalog(path, columns or CatalogColumns())
@@ -69,14 +75,14 @@ def import_catalog(path: str | os.PathLike | Catalog, *, engine: SearchEngine | 
     if engine is None:
         engine = SearchEngine.open(collection, model=model, create=True, writable=True, **open_kwargs)  # type: ignore[arg-type]
     try:
-        return _import(engine, catalog, fetch_options or FetchOptions(), prune, refresh, progress)
+        return _import(engine, catalog, fetch_options or FetchOptions(), prune, refresh, progress, sharded)
     finally:
         if own:
             engine.close()
 
 
 def _import(engine: SearchEngine, catalog, fetch_options: FetchOptions, prune: bool, refresh: bool,
-            progress) -> ImportReport:
+            progress, sharded: "Sharded | None" = None) -> ImportReport:
     from . import run_files
 
     started = time.perf_counter()
@@ -120,7 +126,7 @@ def _import(engine: SearchEngine, catalog, fetch_options: FetchOptions, prune: b
     # the download cache and the folders of local image files: originals are served from these only
     store.add_roots(cid, [str(cache)] + [os.path.dirname(p) for p in paths if p not in url_of])
     report.images = run_files(engine, scanned, store.images_at(cid, local.values()), list(known_errors.values()),
-                              progress=progress, source="catalog")
+                              progress=progress, source="catalog", sharded=sharded)
     report.images.errors = [replace(e, path=url_of[e.path], error=f"cannot index the image at {url_of[e.path]}: "
                                     f"{e.error}") if e.path in url_of else e for e in report.images.errors]
     image_ids = {r.path: r.id for r in store.images_at(cid, local.values())}

@@ -60,6 +60,13 @@ Precision = Annotated[str, typer.Option(
     help="Model precision: auto (fp16 on CUDA; bf16 on CPUs with AMX when it stays within cosine 0.99 "
          "of fp32, checked at load), fp32, bf16 or fp16.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
+EngineKind = Annotated[str, typer.Option(
+    "--engine", help="local: decode and encode here. ray: decode and encode in resumable shards on Ray Data (the ray "
+         "extra), then write here; a failed job re-run skips its finished shards.")]
+RayAddress = Annotated[Optional[str], typer.Option(
+    "--address", envvar="RAY_ADDRESS", show_default=False,
+    help="--engine ray: the cluster, e.g. ray://host:10001 [default: a local Ray].")]
+ShardSize = Annotated[int, typer.Option("--shard-size", min=1, help="--engine ray: files per shard.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")]
 
 
@@ -151,13 +158,7 @@ def index(
         "--caption-model", envvar="SEARCHENGINE_CAPTION_MODEL", show_default=False,
         help="--caption: a Hugging Face id or save_pretrained folder "
              "[default: Salesforce/blip-image-captioning-base].")] = None,
-    engine_kind: Annotated[str, typer.Option(
-        "--engine", help="local: decode and encode here. ray: decode and encode in resumable shards on Ray Data (the ray "
-             "extra), then write here; a failed job re-run skips its finished shards.")] = "local",
-    address: Annotated[Optional[str], typer.Option(
-        "--address", envvar="RAY_ADDRESS", show_default=False,
-        help="--engine ray: the cluster, e.g. ray://host:10001 [default: a local Ray].")] = None,
-    shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="--engine ray: files per shard.")] = 1024,
+    engine_kind: EngineKind = "local", address: RayAddress = None, shard_size: ShardSize = 1024,
     data_dir: DataDir = None, db: Db = None, device: Device = "auto", precision: Precision = "auto",
     json_out: Json = False, verbose: Verbose = False,
 ) -> None:
@@ -180,14 +181,7 @@ def index(
         from .engine import SearchEngine
 
         roots = normalize_roots(paths)  # a mistyped path fails before a collection is created
-        sharded = None
-        if engine_kind not in ("local", "ray"):
-            raise ConfigError(f"--engine must be local or ray, not {engine_kind!r}")
-        if engine_kind == "ray":
-            from indexer.distributed import RayRunner, Sharded, import_ray
-
-            import_ray()  # a missing extra fails before any collection is created
-            sharded = Sharded(RayRunner(address), shard_size)
+        sharded = _sharded(engine_kind, address, shard_size)
         with SearchEngine.open(settings=settings, create=True, writable=True) as engine:
             report = index_folder(roots, engine=engine, retry_errors=retry_errors, ocr=ocr,
                                   progress=_Bar(enabled=not json_out), sharded=sharded)
@@ -210,6 +204,18 @@ def index(
         if report.sidecar_errors:
             typer.echo(f"{report.sidecar_errors} caption sidecars could not be read (see --verbose).", err=True)
         _echo_errors(report.errors)
+
+
+def _sharded(engine_kind: str, address: str | None, shard_size: int):
+    """The shard runner ``--engine`` asks for (None: the local path); checked before any collection is created."""
+    if engine_kind not in ("local", "ray"):
+        raise ConfigError(f"--engine must be local or ray, not {engine_kind!r}")
+    if engine_kind == "local":
+        return None
+    from indexer.distributed import RayRunner, Sharded, import_ray
+
+    import_ray()  # a missing extra fails here, not after the scan
+    return Sharded(RayRunner(address), shard_size)
 
 
 def _echo_errors(errors: list) -> None:
@@ -247,6 +253,7 @@ def import_(
     model: Annotated[Optional[str], typer.Option(
         "--model", "-m", envvar="SEARCHENGINE_MODEL", show_default=False,
         help="Model for a NEW collection (as for index).")] = None,
+    engine_kind: EngineKind = "local", address: RayAddress = None, shard_size: ShardSize = 1024,
     collection: Collection = "default", data_dir: DataDir = None, db: Db = None, device: Device = "auto",
     json_out: Json = False, verbose: Verbose = False,
 ) -> None:
@@ -272,9 +279,11 @@ def import_(
         from indexer.catalog import read_catalog
 
         rows = read_catalog(catalog, columns)  # a bad file or column fails before a collection is created
+        sharded = _sharded(engine_kind, address, shard_size)
         with SearchEngine.open(settings=settings, create=True, writable=True) as engine:
             report = import_catalog(rows, engine=engine, columns=columns, fetch_options=fetch,
-                                    prune=not keep_missing, refresh=refresh, progress=_Bar(enabled=not json_out))
+                                    prune=not keep_missing, refresh=refresh, progress=_Bar(enabled=not json_out),
+                                    sharded=sharded)
         if json_out:
             _echo_json(report.to_dict())
             return

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from indexer import distributed, index_folder
+from indexer import distributed, import_catalog, index_folder
 from indexer.distributed import (
     LocalRunner,
     Sharded,
@@ -125,6 +126,9 @@ def test_part_file_round_trip_without_pickle(tmp_path, tiny_model):
     write_part(path, part_bytes(part))
     back = read_part(path)  # np.load(allow_pickle=False) inside
     assert back.shard == "shard-00007" and back.files == part.files
+    assert back.worker == part.worker == dict(host=socket.gethostname(), pid=os.getpid(), device="cpu",
+                                              gpus=os.environ.get("CUDA_VISIBLE_DEVICES"))
+    assert read_part(path.read_bytes()).files == part.files  # from bytes too, as a runner hands them over
     assert back.vectors.keys() == part.vectors.keys()
     for h, vec in part.vectors.items():
         assert back.vectors[h].dtype == np.float32 and np.array_equal(back.vectors[h], vec)
@@ -204,3 +208,85 @@ def test_cli_engine_ray_without_the_extra_names_it(tmp_path, tiny_model, monkeyp
     bogus = CliRunner().invoke(app, ["index", str(folder), "-m", tiny_model, "--engine", "spark"])
     assert bogus.exit_code != 0 and "--engine must be local or ray" in bogus.output
     assert not (tmp_path / "home" / "collections" / "default").exists()  # refused before a collection was made
+    catalog = tmp_path / "catalog.csv"
+    catalog.write_text(f"id,images\np1,{folder / 'p00.jpg'}\n")
+    for engine, message in (("ray", "pip install 'searchengine[ray]'"), ("spark", "--engine must be local or ray")):
+        result = CliRunner().invoke(app, ["import", str(catalog), "-m", tiny_model, "--engine", engine])
+        assert result.exit_code == 2 and message in result.output
+    assert not (tmp_path / "home" / "collections" / "default").exists()
+
+
+@pytest.mark.parametrize("resources, device, shards, concurrency, plan", [
+    ({"CPU": 8.0}, "auto", 100, None, (8, 0, 1)),  # one actor a CPU, each reserving it
+    ({"CPU": 16.0, "GPU": 4.0}, "auto", 100, None, (4, 1, 0)),  # one actor a GPU
+    ({"CPU": 16.0, "GPU": 4.0}, "cuda", 100, None, (4, 1, 0)),
+    ({"CPU": 16.0, "GPU": 4.0}, "cpu", 100, None, (16, 0, 1)),  # --device cpu leaves the GPUs alone
+    ({"CPU": 16.0, "GPU": 4.0}, "auto", 2, None, (2, 1, 0)),  # never more actors than shards
+    ({"CPU": 8.0}, "auto", 100, 3, (3, 0, 1)),  # a given count wins
+    ({}, "auto", 5, None, (1, 0, 1)),  # a cluster that reports nothing still gets an actor
+])
+def test_ray_actor_pool_plan(resources, device, shards, concurrency, plan):
+    got = distributed.plan_pool(resources, device, shards, concurrency)
+    assert (got.actors, got.num_gpus, got.num_cpus) == plan
+
+
+def test_shard_jobs_decode_like_their_runner(tmp_path, tiny_model, monkeypatch):
+    """Ray actors decode in a child process (a hung or huge file costs the file, not the actor);
+    the local runner follows the engine's decode-worker setting, as the local path does."""
+    monkeypatch.setenv("SEARCHENGINE_WORKERS", "3")
+    with SearchEngine.open("jobs", model=tiny_model, create=True, writable=True) as engine:
+        options = DecodeOptions(pil_stage=None, known_hashes=frozenset(), max_pixels=0, draft_size=0)
+        sharded = Sharded()
+        assert sharded.job_for(engine, options, distributed.RayRunner()).decode_workers == 1
+        assert sharded.job_for(engine, options, distributed.RayRunner(decode_workers=0)).decode_workers == 0
+        assert sharded.job_for(engine, options, LocalRunner()).decode_workers == engine.settings.decode_workers() == 3
+        assert sharded.job_for(engine, options, LocalRunner(decode_workers=2)).decode_workers == 2
+
+
+def make_catalog(root: Path) -> tuple[Path, Path]:
+    """A CSV catalog over ``make_folder``'s photos: products with one or two images, one of them
+    the truncated JPEG, one a missing file, and two products sharing a photo."""
+    folder = make_folder(root, n=8)
+    files = sorted(str(p) for p in folder.rglob("*.jpg"))
+    missing = str(root / "gone.jpg")
+    rows = ["id,images,title,color"]
+    for i, path in enumerate(files):
+        rows.append(f"p{i},{path}|{files[(i + 3) % len(files)]},product {i},{'red' if i % 2 else 'blue'}")
+    rows.append(f"pmissing,{missing},a product whose image is missing,red")
+    catalog = root / "catalog.csv"
+    catalog.write_text("\n".join(rows) + "\n")
+    return catalog, folder
+
+
+def catalog_state(name: str, folder: Path) -> dict:
+    """``collection_state`` plus the products: id -> (their image paths, title, attributes), and every error."""
+    with SearchEngine.open(name) as engine:
+        cid = engine.collection.id
+        paths = {r.id: r.path for r in engine.store.images_under(cid, [str(folder)])}
+        products = {}
+        for image_id, owned in engine.store.products_of_images(cid, paths).items():
+            for p in owned:
+                products.setdefault(p.key, (set(), p.title, p.attributes))[0].add(paths[image_id])
+        errors = {e.path: e.error for e in engine.store.file_errors(cid)}
+    return dict(collection_state(name, folder), products=products, all_errors=errors)
+
+
+def test_sharded_catalog_import_equals_the_local_import(tmp_path, tiny_model):
+    catalog, folder = make_catalog(tmp_path)
+    plain = import_catalog(catalog, collection="plain", model=tiny_model)
+    sharded = Sharded(LocalRunner(decode_workers=1), shard_size=3)
+    on_shards = import_catalog(catalog, collection="sharded", model=tiny_model, sharded=sharded)
+    assert sharded.ran == ["shard-00000", "shard-00001", "shard-00002", "shard-00003"]  # 10 files in shards of 3
+    for key in ("added", "updated", "removed", "row_errors", "download_errors"):
+        assert getattr(on_shards, key) == getattr(plain, key), key
+    for key in ("added", "failed", "duplicates", "encoded"):
+        assert getattr(on_shards.images, key) == getattr(plain.images, key), key
+    assert (plain.added, plain.images.added, plain.images.failed) == (11, 9, 2)  # broken.jpg; gone.jpg
+    a, b = catalog_state("plain", folder), catalog_state("sharded", folder)
+    assert_same(a, b)
+    assert a["products"] == b["products"] and len(a["products"]) == 10  # pmissing has no image
+    assert a["all_errors"] == b["all_errors"] and any(p.endswith("gone.jpg") for p in a["all_errors"])
+
+    # a re-import finds nothing to encode; the sharded runner is not called
+    again = import_catalog(catalog, collection="sharded", model=tiny_model, sharded=sharded)
+    assert (again.unchanged, again.images.encoded, sharded.ran) == (11, 0, [])
