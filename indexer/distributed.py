@@ -330,19 +330,26 @@ class Sharded:
         return parts_root(engine) / h.hexdigest()[:20]
 
     def batches(self, engine: "SearchEngine", candidates: list[FileEntry], options: DecodeOptions,
-                batch_size: int) -> Iterator[tuple[list[Decoded], dict[str, np.ndarray]]]:
-        """Run the shards not done yet, then yield every part's files in batches with its vectors."""
+                batch_size: int, progress=None) -> Iterator[tuple[list[Decoded], dict[str, np.ndarray]]]:
+        """Run the shards not done yet, then yield every part's files in batches with its vectors.
+        ``progress`` (an :class:`indexer.Progress`, started) advances by a shard's files as it finishes."""
         runner = self.runner or LocalRunner(engine.encoder)
         job = self.job_for(engine, options, runner)
         shards = make_shards(candidates, self.shard_size)
         folder = self.job_dir(engine, job, shards)
         todo = [s for s in shards if not (folder / f"{s.name}.npz").exists()]
         self.ran = []
+        resumed = sum(len(s.entries) for s in shards) - sum(len(s.entries) for s in todo)
+        if progress is not None and resumed:
+            progress.advance(resumed)
         if todo:
+            sizes = {s.name: len(s.entries) for s in todo}
             log.info("%d of %d shards to run (%s)", len(todo), len(shards), folder)
             for name, data in runner.map(todo, job):
                 write_part(folder / f"{name}.npz", data)
                 self.ran.append(name)
+                if progress is not None:
+                    progress.advance(sizes[name])
                 log.info("%s done (%d/%d)", name, len(self.ran), len(todo))
         for shard in shards:
             part = read_part(folder / f"{shard.name}.npz")

@@ -64,6 +64,22 @@ def assert_same(a: dict, b: dict) -> None:
     assert a["errors"] == b["errors"]
 
 
+class Recorder:
+    """A progress sink (indexer.Progress) that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def start(self, total: int) -> None:
+        self.events.append(("start", total))
+
+    def advance(self, n: int) -> None:
+        self.events.append(("advance", n))
+
+    def close(self) -> None:
+        self.events.append(("close",))
+
+
 def job_for(spec: str) -> ShardJob:
     return ShardJob(model_spec=spec, device="cpu", max_pixels=50_000_000)
 
@@ -168,15 +184,19 @@ def test_sharded_local_runner_equals_local_path_and_resumes(tmp_path, tiny_model
 
     monkeypatch.setattr(distributed, "encode_shard", fail_shard_2_once)
     sharded = Sharded(LocalRunner(), shard_size=4)  # 14 files: shards of 4, 4, 4, 2
+    progress = Recorder()
     with pytest.raises(RuntimeError, match="worker lost"):
-        index_folder([folder], collection="sharded", model=tiny_model, sharded=sharded)
+        index_folder([folder], collection="sharded", model=tiny_model, sharded=sharded, progress=progress)
+    assert progress.events == [("start", 14), ("advance", 4), ("advance", 4), ("close",)]  # as shards finish
     parts = list((tmp_path / "home").rglob("shard-*.npz"))
     assert sorted(p.name for p in parts) == ["shard-00000.npz", "shard-00001.npz"]
     with SearchEngine.open("sharded") as engine:
         assert engine.store.images_under(engine.collection.id, [str(folder)]) == []  # nothing ingested yet
 
-    report = index_folder([folder], collection="sharded", model=tiny_model, sharded=sharded)
+    progress = Recorder()
+    report = index_folder([folder], collection="sharded", model=tiny_model, sharded=sharded, progress=progress)
     assert sharded.ran == ["shard-00002", "shard-00003"]  # the finished shards were not run again
+    assert progress.events == [("start", 14), ("advance", 8), ("advance", 4), ("advance", 2), ("close",)]
     assert calls == ["shard-00000", "shard-00001", "shard-00002", "shard-00002", "shard-00003"]
     assert not any((tmp_path / "home").rglob("shard-*.npz"))  # parts are removed once ingested
     for key in ("added", "failed", "duplicates", "encoded"):
