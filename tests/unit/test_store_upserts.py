@@ -166,19 +166,24 @@ def test_threads_writing_the_same_keys_at_once_end_with_one_row_each(store):
     assert store.current_seq(cid) == 8  # two writes a thread, each its own number
 
 
-def test_stores_opened_at_once_on_a_new_database_migrate_it_once(store_url):
-    start = threading.Barrier(4)
+def schema_versions_seen_opening_at_once(url: str, stores: int = 4) -> list[int]:
+    """Open ``stores`` stores on ``url`` at the same moment (a barrier) and read their schema versions."""
+    start = threading.Barrier(stores)
 
     def open_store(_):
         start.wait()
-        s = Store(store_url)
+        s = Store(url)
         try:
             return s.schema_version()
         finally:
             s.close()
 
-    with ThreadPoolExecutor(4) as pool:
-        assert list(pool.map(open_store, range(4))) == [SCHEMA_VERSION] * 4
+    with ThreadPoolExecutor(stores) as pool:
+        return list(pool.map(open_store, range(stores)))
+
+
+def test_stores_opened_at_once_on_a_new_database_migrate_it_once(store_url):
+    assert schema_versions_seen_opening_at_once(store_url) == [SCHEMA_VERSION] * 4
     s = Store(store_url)
     with s.engine.connect() as conn:
         assert conn.execute(text("SELECT version FROM schema_version ORDER BY version")).scalars().all() == \
@@ -191,18 +196,7 @@ def test_many_stores_opening_new_sqlite_files_at_once_never_see_database_is_lock
     loser "database is locked" without waiting, which one open in about fourteen used to raise."""
     for round_ in range(30):
         url = f"sqlite:///{tmp_path / str(round_) / 'test.db'}"
-        start = threading.Barrier(4)
-
-        def open_store(_, url=url, start=start):
-            start.wait()
-            s = Store(url)
-            try:
-                return s.schema_version()
-            finally:
-                s.close()
-
-        with ThreadPoolExecutor(4) as pool:
-            assert list(pool.map(open_store, range(4))) == [SCHEMA_VERSION] * 4
+        assert schema_versions_seen_opening_at_once(url) == [SCHEMA_VERSION] * 4
 
 
 class _LockedCursor:
