@@ -188,7 +188,8 @@ def write_part(path: Path, data: bytes) -> None:
 
 def read_part(path: Path | bytes) -> Part:
     """A part file, from its path or its bytes."""
-    with np.load(io.BytesIO(path) if isinstance(path, bytes) else path, allow_pickle=False) as npz:
+    source = io.BytesIO(path) if isinstance(path, bytes) else path
+    with np.load(source, allow_pickle=False) as npz:
         if int(npz["format"]) != PART_FORMAT:
             where = "a part" if isinstance(path, bytes) else str(path)
             raise ConfigError(f"{where} is a part file of another format ({int(npz['format'])})")

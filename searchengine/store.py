@@ -849,6 +849,13 @@ class Store:
             return np.fromiter(conn.execute(select(table.c.id).where(
                 table.c.collection_id == collection_id, table.c.seq > seq)).scalars(), dtype=np.int64)
 
+    def count_live(self, collection_id: int, kind: VectorKind = "images") -> int:
+        """How many rows of ``kind`` the collection has (each one vector in its index)."""
+        table = _VECTOR_TABLES[kind]
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(table)
+                                    .where(table.c.collection_id == collection_id)).scalar_one())
+
     def live_ids(self, collection_id: int, kind: VectorKind = "images") -> np.ndarray:
         table = _VECTOR_TABLES[kind]
         with self.engine.connect() as conn:

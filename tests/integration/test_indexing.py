@@ -203,6 +203,39 @@ def test_index_file_out_of_step_with_the_store_is_reconciled_on_open(run, photos
         assert sorted(engine.index.ids().tolist()) == live
 
 
+def test_an_unchanged_collection_opens_without_reading_its_id_sets(run, photos, monkeypatch):
+    """Nothing written since the index was saved: open compares a count, not every id."""
+    from searchengine.store import Store
+    from searchengine.vectors import VectorIndex
+
+    run(photos)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the id sets were read")
+
+    monkeypatch.setattr(Store, "live_ids", refuse)
+    monkeypatch.setattr(VectorIndex, "ids", refuse)
+    with open_engine() as engine:
+        assert engine.index.ntotal == 6 and engine.text_index.ntotal == 0
+        assert top(engine, photos / "img3.jpg")[0].path == str(photos / "img3.jpg")
+
+
+def test_rows_deleted_without_a_new_sequence_number_are_still_reconciled(run, photos):
+    """Inserts and updates always take a sequence number; a delete that did not (by hand, or by an
+    older version) changes the count, and open then compares the id sets."""
+    from sqlalchemy import text
+
+    run(photos)
+    with open_engine() as engine:
+        victim = int(engine.store.live_ids(engine.collection.id)[0])
+        with engine.store.engine.begin() as conn:
+            conn.execute(text("DELETE FROM images WHERE id = :id"), {"id": victim})
+    with open_engine() as engine:
+        ids = engine.index.ids().tolist()
+        assert len(ids) == 5 and victim not in ids
+        assert sorted(ids) == sorted(engine.store.live_ids(engine.collection.id).tolist())
+
+
 def test_rebuilt_index_gives_the_same_results(run, photos):
     run(photos)
     with open_engine() as engine:
