@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,7 +68,8 @@ def test_the_index_is_merged_on_disk_and_served_memory_mapped(big):
         assert os.path.dirname(lists.filename) == str(engine.index_path.parent)
         assert lists.filename.endswith(".ivfdata") and os.path.getsize(lists.filename) == 5000 * (16 + 8)
         assert sorted(f.name for f in engine.index_path.parent.iterdir() if "index" in f.name) == sorted(
-            ["index.faiss", "index.faiss.delta", os.path.basename(lists.filename)])
+            ["index.faiss", "index.faiss.delta", os.path.basename(lists.filename),
+             os.path.basename(lists.filename) + ".verified"])  # checked on this open (see below)
         assert set(index.ids().tolist()) == set(engine.store.live_ids(engine.collection.id).tolist())
         assert index.ids().min() == 11  # the SQL keys, not positions
         assert recall(engine, clustered(100, seed=2)) >= 0.8
@@ -148,6 +150,43 @@ def test_a_changed_row_found_on_open_replaces_its_old_vector(big):
         _, found = engine.index.search(vec, 3)
         assert found[0, 0] == target and target not in found[0, 1:]
         assert engine.index.ntotal == 5000
+
+
+def test_the_lists_are_hashed_once_per_file_version(big, monkeypatch):
+    """Gigabytes of lists are not read whole on every open: a passed check is noted with the file's
+    size, times and inode; a changed file (even with its mtime put back) is hashed again and refused."""
+    data = next(big.rglob("*.ivfdata"))
+    hashed = []
+    real = ondisk.verify_checksum
+    monkeypatch.setattr(ondisk, "verify_checksum", lambda file, want: hashed.append(Path(file).name) or real(file, want))
+
+    def open_and_count() -> list[str]:
+        hashed.clear()
+        with SearchEngine.open(COLL, data_dir=big) as engine:
+            assert engine.index.ntotal == 5000
+        return hashed[:]
+
+    assert open_and_count() == ["index.faiss", data.name]  # the build's lists: hashed on first open
+    note = data.with_name(data.name + ".verified")
+    assert note.exists()
+    assert open_and_count() == ["index.faiss"]  # the index file every time, the lists not again
+    note.write_text(note.read_text().replace(":", ":1", 1))  # a note that does not match: hashed again
+    assert open_and_count() == ["index.faiss", data.name] and open_and_count() == ["index.faiss"]
+
+    stat = data.stat()
+    blob = bytearray(data.read_bytes())
+    blob[100] ^= 0xFF
+    data.write_bytes(bytes(blob))
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size and mtime; the ctime moved
+    with pytest.raises(VectorIndexError, match="built on disk by a writer"):
+        SearchEngine.open(COLL, data_dir=big)
+    assert hashed[-1] == data.name
+
+    with SearchEngine.open(COLL, data_dir=big, writable=True):  # a writer rebuilds: new lists, the old note goes
+        pass
+    assert not data.exists() and not note.exists() and not list(big.rglob("*.verified"))
+    assert open_and_count() == ["index.faiss", next(big.rglob("*.ivfdata")).name]
+    assert [p.name for p in big.rglob("*.verified")] == [next(big.rglob("*.ivfdata")).name + ".verified"]
 
 
 def test_a_tampered_data_file_is_refused_before_faiss_reads_it_and_rebuilt(big, monkeypatch):
