@@ -7,10 +7,13 @@ decoder (:func:`indexer.pipeline.decode_all`: format allow-list, pixel cap, per-
 encodes the new contents with the collection's model. Each shard's result is a part file,
 ``<collection>/parts/<job>/shard-00012.npz`` (vectors, content hashes, per-file status; no
 pickle), written to a temporary name and renamed into place, so a part that exists is complete.
-The job id is a digest of what the shards depend on (the files, the store's known contents, the
-model and decode settings), so re-running a failed job finds its finished parts and skips those
-shards. Once every shard is done the driver feeds the parts through the same
-:class:`indexer.writer.Writer` as the local path, then removes the part files.
+As each part comes back the driver feeds it through the same :class:`indexer.writer.Writer` as
+the local path and deletes it, so the store fills while the job runs and the driver never holds
+more than the parts in flight (a 100M-image job's vectors alone are 200 GB). A failed job resumes
+from the store: files written are unchanged on the next run, so only the shards that were running
+are computed again. The job id is a digest of what the shards depend on (the files, the store's
+known contents, the model and decode settings): a part of the same job that a stopped run left
+unwritten is written on the next run instead of being computed again.
 
 Runners: :class:`LocalRunner` (shards one after another in this process) and :class:`RayRunner`
 (Ray Data: an actor pool that loads the model once per actor, on a GPU each when the cluster has
@@ -332,17 +335,26 @@ class Sharded:
 
     def batches(self, engine: "SearchEngine", candidates: list[FileEntry], options: DecodeOptions,
                 batch_size: int, progress=None) -> Iterator[tuple[list[Decoded], dict[str, np.ndarray]]]:
-        """Run the shards not done yet, then yield every part's files in batches with its vectors.
+        """Run the shards, yielding each part's files in batches with its vectors as soon as the part
+        is back (the caller writes them), so the store fills while the job runs and a failure costs
+        only the shards then running: their files are still new on the next run, the rest are in
+        the store. A part is deleted once the caller has taken all of it; parts of this same job
+        left by a run that stopped before writing them are written first, not computed again.
         ``progress`` (an :class:`indexer.Progress`, started) advances by a shard's files as it finishes."""
         runner = self.runner or LocalRunner(engine.encoder)
         job = self.job_for(engine, options, runner)
         shards = make_shards(candidates, self.shard_size)
         folder = self.job_dir(engine, job, shards)
-        todo = [s for s in shards if not (folder / f"{s.name}.npz").exists()]
+        for other in parts_root(engine).glob("*"):  # other jobs' parts: one writer a collection, so stale
+            if other != folder:
+                shutil.rmtree(other, ignore_errors=True)
+        done = [s for s in shards if (folder / f"{s.name}.npz").exists()]
+        todo = [s for s in shards if s not in done]
         self.ran = []
-        resumed = sum(len(s.entries) for s in shards) - sum(len(s.entries) for s in todo)
-        if progress is not None and resumed:
-            progress.advance(resumed)
+        if progress is not None and done:
+            progress.advance(sum(len(s.entries) for s in done))
+        for shard in done:
+            yield from self._take(folder / f"{shard.name}.npz", batch_size)
         if todo:
             sizes = {s.name: len(s.entries) for s in todo}
             log.info("%d of %d shards to run (%s)", len(todo), len(shards), folder)
@@ -352,12 +364,16 @@ class Sharded:
                 if progress is not None:
                     progress.advance(sizes[name])
                 log.info("%s done (%d/%d)", name, len(self.ran), len(todo))
-        for shard in shards:
-            part = read_part(folder / f"{shard.name}.npz")
-            log.debug("%s was computed by %s", shard.name, part.worker)
-            for start in range(0, len(part.files), batch_size):
-                yield part.files[start : start + batch_size], part.vectors
-        shutil.rmtree(parts_root(engine), ignore_errors=True)  # every part is in the store now
+                yield from self._take(folder / f"{name}.npz", batch_size)
+        shutil.rmtree(parts_root(engine), ignore_errors=True)
+
+    @staticmethod
+    def _take(path: Path, batch_size: int) -> Iterator[tuple[list[Decoded], dict[str, np.ndarray]]]:
+        part = read_part(path)
+        log.debug("%s was computed by %s", part.shard, part.worker)
+        for start in range(0, len(part.files), batch_size):
+            yield part.files[start : start + batch_size], part.vectors
+        path.unlink()  # the caller asked for more: it has written every batch of this part
 
 
 def parts_root(engine: "SearchEngine") -> Path:

@@ -188,20 +188,20 @@ def test_sharded_local_runner_equals_local_path_and_resumes(tmp_path, tiny_model
     with pytest.raises(RuntimeError, match="worker lost"):
         index_folder([folder], collection="sharded", model=tiny_model, sharded=sharded, progress=progress)
     assert progress.events == [("start", 14), ("advance", 4), ("advance", 4), ("close",)]  # as shards finish
-    parts = list((tmp_path / "home").rglob("shard-*.npz"))
-    assert sorted(p.name for p in parts) == ["shard-00000.npz", "shard-00001.npz"]
-    with SearchEngine.open("sharded") as engine:
-        assert engine.store.images_under(engine.collection.id, [str(folder)]) == []  # nothing ingested yet
+    assert not any((tmp_path / "home").rglob("shard-*.npz"))  # each part deleted once written
+    first = collection_state("sharded", folder)  # the finished shards are in the store already
+    shards = make_shards(scan([str(folder)], image_extensions()).files, 4)
+    assert sorted([*first["images"], *first["errors"]]) == sorted(e.path for s in shards[:2] for e in s.entries)
 
     progress = Recorder()
     report = index_folder([folder], collection="sharded", model=tiny_model, sharded=sharded, progress=progress)
-    assert sharded.ran == ["shard-00002", "shard-00003"]  # the finished shards were not run again
-    assert progress.events == [("start", 14), ("advance", 8), ("advance", 4), ("advance", 2), ("close",)]
-    assert calls == ["shard-00000", "shard-00001", "shard-00002", "shard-00002", "shard-00003"]
-    assert not any((tmp_path / "home").rglob("shard-*.npz"))  # parts are removed once ingested
-    for key in ("added", "failed", "duplicates", "encoded"):
-        assert getattr(report, key) == getattr(plain, key), key
-    assert (report.added, report.failed, report.duplicates) == (13, 1, 1)
+    # only the 6 files of the shards that did not finish are new: cut into two shards of their own
+    assert sharded.ran == ["shard-00000", "shard-00001"]
+    assert progress.events == [("start", 6), ("advance", 4), ("advance", 2), ("close",)]
+    assert calls == ["shard-00000", "shard-00001", "shard-00002", "shard-00000", "shard-00001"]
+    assert not any((tmp_path / "home").rglob("*.npz"))
+    assert report.added + len(first["images"]) == plain.added
+    assert report.failed + len(first["errors"]) == plain.failed
     assert_same(collection_state("plain", folder), collection_state("sharded", folder))
 
     # incremental: a second sharded run finds nothing to do; a new file is encoded alone
@@ -211,6 +211,36 @@ def test_sharded_local_runner_equals_local_path_and_resumes(tmp_path, tiny_model
     os.utime(folder / "sub" / "p00.jpg", (1_000_000_000, 1_000_000_000))  # touched only: hashed, not encoded
     more = index_folder([folder], collection="sharded", model=tiny_model, sharded=sharded)
     assert (more.added, more.encoded, more.unchanged) == (1, 1, 13) and sharded.ran == ["shard-00000"]
+
+
+def test_a_part_not_yet_written_when_the_run_stopped_is_written_next_time_not_computed(tmp_path, tiny_model,
+                                                                                        monkeypatch):
+    from indexer.writer import Writer
+
+    folder = make_folder(tmp_path, n=6)
+    real_write, real_shard = Writer.write, distributed.encode_shard
+    calls: list[str] = []
+
+    def counting(entries, job, name="", encoder=None):
+        calls.append(name)
+        return real_shard(entries, job, name, encoder)
+
+    def store_down(self, batch, encoded=None):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(distributed, "encode_shard", counting)
+    monkeypatch.setattr(Writer, "write", store_down)
+    sharded = Sharded(LocalRunner(), shard_size=3)
+    with pytest.raises(OSError, match="No space left"):
+        index_folder([folder], collection="sharded", model=tiny_model, sharded=sharded)
+    assert calls == ["shard-00000"] and len(list((tmp_path / "home").rglob("shard-00000.npz"))) == 1
+
+    monkeypatch.setattr(Writer, "write", real_write)
+    index_folder([folder], collection="sharded", model=tiny_model, sharded=sharded)
+    assert calls == ["shard-00000", "shard-00001", "shard-00002"] and sharded.ran == ["shard-00001", "shard-00002"]
+    index_folder([folder], collection="plain", model=tiny_model)
+    assert_same(collection_state("plain", folder), collection_state("sharded", folder))
+    assert not (tmp_path / "home" / "collections" / "sharded" / "parts").exists()
 
 
 def test_cli_engine_ray_without_the_extra_names_it(tmp_path, tiny_model, monkeypatch):
