@@ -34,7 +34,7 @@ from .ondisk import (
     remove_unused_files,
 )
 from .store import CollectionRecord, FileErrorRecord, ImageRecord, ProductRecord, Store, VectorKind
-from .vectors import FALLBACK_NOTE, VectorIndex, needs_rechoice, normalize_factory
+from .vectors import FALLBACK_NOTE, RERANK_FACTOR, VectorIndex, needs_rechoice, normalize_factory
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -53,10 +53,6 @@ TEXT_INDEX_FILE = "texts.faiss"
 SearchMode = Literal["vector", "keyword", "hybrid"]
 #: Reciprocal rank fusion's constant (Cormack et al. 2009): rank r contributes weight / (RRF_K + r).
 RRF_K = 60
-#: A lossy index (product-quantised codes, :attr:`VectorIndex.lossy`) is asked for this many times
-#: the candidates wanted, which are then re-ranked by exact inner products with the vectors the store
-#: keeps (float16); Flat and SQ indexes are searched as they are.
-RERANK_FACTOR = 10
 
 
 @dataclass(frozen=True)

@@ -43,12 +43,14 @@ import numpy as np
 from .errors import ConfigError, IndexChecksumError, VectorIndexError
 from .vectors import (
     AUTO_TARGET_RECALL,
+    RERANK_FACTOR,
     VectorIndex,
     _alive,
     _as_matrix,
     _fsync_dir,
     _selector,
     file_checksum,
+    is_lossy,
     verify_checksum,
     write_index,
 )
@@ -343,10 +345,11 @@ class _ExactTop:
 
 
 def _recall(index, queries: np.ndarray, query_ids: np.ndarray, truth: _ExactTop, k: int = 10) -> float:
-    """Recall@k of ``index`` for stored vectors used as queries, each one's own id left out."""
+    """Recall@k of ``index`` for stored vectors used as queries, each one's own id left out; for a
+    lossy index, of the engine's exact re-rank: the true top k among ``RERANK_FACTOR * k`` candidates."""
     if not len(queries):
         return 1.0
-    _, found = index.search(queries, k + 1)
+    _, found = index.search(queries, k * (RERANK_FACTOR if is_lossy(index) else 1) + 1)
     order = np.argsort(-truth.scores, axis=1)
     recalls = []
     for qid, f, t in zip(query_ids, found, np.take_along_axis(truth.ids, order, 1)):
@@ -424,10 +427,12 @@ def build_ondisk(factory: str, dim: int, path: Path, sample: np.ndarray, sample_
         index_sha = write_index(merged, path)
         data_sha = file_checksum(data)
         stats.data_bytes, stats.index_bytes = data.stat().st_size, path.stat().st_size
+        lossy = is_lossy(merged)
         del merged
         note = (f"ondisk: {inner} built from {stats.vectors:,} vectors ({stats.shards} shards, trained on "
                 f"{stats.sample:,}), nprobe {stats.nprobe}: recall@10 {stats.recall_at_10:.3f} of exact on "
-                f"{len(queries)} stored vectors")
+                f"{len(queries)} stored vectors"
+                + (f" after the exact re-rank of {RERANK_FACTOR * 10} candidates" if lossy else ""))
         record = OnDiskRecord(index_sha, data.name, data_sha, "")  # the delta's checksum comes with its save
         result = OnDiskIndex(_read_base(path, dim), ONDISK_PREFIX + inner, dim, path, record,
                              VectorIndex.create("Flat", dim), note)

@@ -39,6 +39,11 @@ AUTO = "auto"
 AUTO_EXACT_LIMIT = 100_000
 #: recall@10 against exact search that ``auto`` tunes nprobe for (on held-out stored vectors)
 AUTO_TARGET_RECALL = 0.97
+#: A lossy index (product-quantised codes, :func:`is_lossy`) is asked for this many times the
+#: candidates wanted, which the engine re-ranks by exact inner products with the vectors the store
+#: keeps (float16); Flat and SQ indexes are searched as they are. Calibration measures recall the
+#: same way: the true top 10 among the candidates the re-rank would see.
+RERANK_FACTOR = 10
 _CALIBRATION_QUERIES = 200
 #: how the note of an index that could not be trained yet begins (it searches exactly until a rebuild)
 FALLBACK_NOTE = "exact Flat search for now"
@@ -114,6 +119,18 @@ def _inner(index):
     return faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
 
 
+def is_lossy(index) -> bool:
+    """Whether a faiss index keeps product-quantised codes (PQ of any kind, OPQ included), whose
+    scores are approximations that a search should re-rank exactly. Flat and SQ codes are not."""
+    import faiss
+
+    inner = _inner(faiss.downcast_index(index))
+    while isinstance(inner, faiss.IndexPreTransform):  # OPQ and other rotations before the codes
+        inner = faiss.downcast_index(inner.index)
+    return isinstance(inner, (faiss.IndexPQ, faiss.IndexIVFPQ, faiss.IndexPQFastScan,
+                              faiss.IndexIVFPQFastScan, faiss.IndexHNSWPQ))
+
+
 class VectorIndex:
     """A faiss index of L2-normalised float32 vectors keyed by int64 ids."""
 
@@ -169,7 +186,9 @@ class VectorIndex:
     def tune_nprobe(self, ids: np.ndarray, vectors: np.ndarray, target: float = AUTO_TARGET_RECALL,
                     queries: int = _CALIBRATION_QUERIES, seed: int = 0) -> tuple[int, float]:
         """Raise an inverted file's ``nprobe`` (powers of two) until recall@10 against exact search,
-        for stored vectors used as queries (each one's own id left out), reaches ``target``.
+        for stored vectors used as queries (each one's own id left out), reaches ``target``. For a
+        lossy index, recall is of what the engine returns: the true top 10 among the
+        ``RERANK_FACTOR * 10`` candidates it re-ranks exactly.
 
         It starts at nlist/64 (at least 8): queries from the other modality (texts searching images,
         images searching texts) sit farther from the stored vectors than the calibration queries,
@@ -187,9 +206,10 @@ class VectorIndex:
         _, exact = faiss.knn(q, mat, k + 1, metric=faiss.METRIC_INNER_PRODUCT)  # exact, in bounded blocks
         truth = [set(ids[[r for r in top if r != row][:k]].tolist()) for top, row in zip(exact, rows)]
         nprobe, recall = min(ivf.nlist, max(8, ivf.nlist // 64)), 0.0
+        candidates = k * (RERANK_FACTOR if self.lossy else 1)
         while True:
             ivf.nprobe = nprobe
-            _, found = self._index.search(q, k + 1)
+            _, found = self._index.search(q, candidates + 1)
             recall = float(np.mean([len(t & (set(f.tolist()) - {int(ids[r])})) / k
                                     for t, f, r in zip(truth, found, rows)]))
             if recall >= target or nprobe >= ivf.nlist:
@@ -217,15 +237,8 @@ class VectorIndex:
 
     @property
     def lossy(self) -> bool:
-        """Whether the index keeps product-quantised codes (PQ of any kind, OPQ included), whose
-        scores are approximations that a search should re-rank exactly. Flat and SQ codes are not."""
-        import faiss
-
-        inner = _inner(self._index)
-        while isinstance(inner, faiss.IndexPreTransform):  # OPQ and other rotations before the codes
-            inner = faiss.downcast_index(inner.index)
-        return isinstance(inner, (faiss.IndexPQ, faiss.IndexIVFPQ, faiss.IndexPQFastScan,
-                                  faiss.IndexIVFPQFastScan, faiss.IndexHNSWPQ))
+        """Whether the index keeps product-quantised codes (see :func:`is_lossy`)."""
+        return is_lossy(self._index)
 
     @property
     def storage(self) -> str:
