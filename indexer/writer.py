@@ -94,6 +94,12 @@ class Writer:
         self.claimed: set[int] = set()
         self.needs_rebuild = False
         self.wrote = False
+        # The store's sequence number the in-memory index holds every change up to, and whether a
+        # committed batch may be missing from it (an interruption between the store's commit and
+        # the index update): a save then records that number, not the store's latest, so the next
+        # open compares the id sets instead of trusting a count.
+        self.complete_to = engine.store.current_seq(self.cid)
+        self.in_step = True
 
     def write(self, batch: list[Decoded], encoded: Mapping[str, np.ndarray] | None = None) -> None:
         """Apply ``batch``; ``encoded`` holds vectors already computed elsewhere (by content hash, as
@@ -124,13 +130,16 @@ class Writer:
                 new.append(self._record(d, item.dims, item.ocr))
                 new_vecs.append(vec)
         captions = [n.caption for n in new] + [n.caption for _, n in (*upd, *moved, *touched)]
-        new_ids, _ = self.engine.store.write_batch(
+        text_vecs = self._text_vectors(captions)
+        self.in_step = False
+        new_ids, seq = self.engine.store.write_batch(
             self.cid, new=new, new_vectors=_stack(new_vecs), updated=upd, updated_vectors=_stack(upd_vecs),
-            moved=moved, touched=touched, removed=dropped, errors=errors, text_vectors=self._text_vectors(captions))
+            moved=moved, touched=touched, removed=dropped, errors=errors, text_vectors=text_vecs)
         self.wrote = True
         for image_id, rec in list(zip(new_ids, new)) + [(i, rec) for i, rec in upd]:
             self.hash_to_id.setdefault(rec.content_hash, image_id)
         self._update_index([i for i, _ in upd] + new_ids, upd_vecs + new_vecs, [i for i, _ in upd] + dropped)
+        self.complete_to, self.in_step = seq, True
         r = self.report
         r.added += len(new)
         r.updated += len(upd)
@@ -203,13 +212,14 @@ class Writer:
         return out
 
     def _update_index(self, ids: list[int], vecs: list[np.ndarray], replaced: list[int]) -> None:
-        if self.needs_rebuild or not ids:
+        if self.needs_rebuild or not (ids or replaced):
             return
         index = self.engine.index
         try:
-            if replaced:
+            if replaced:  # updated rows' old vectors, and rows whose file is no longer a readable image
                 index.remove(replaced)
-            index.add(np.asarray(ids, dtype=np.int64), np.stack(vecs))
+            if ids:
+                index.add(np.asarray(ids, dtype=np.int64), np.stack(vecs))
         except VectorIndexError:
             self.needs_rebuild = True  # e.g. HNSW cannot remove; rebuilt from the store at the end
 
@@ -217,13 +227,15 @@ class Writer:
         """Remove rows whose file is gone (and was not found moved), then save the index."""
         gone = [r.id for r in self.plan.vanished if r.id not in self.claimed]
         if gone or stale_errors:
-            self.engine.store.write_batch(self.cid, removed=gone, cleared_errors=stale_errors)
+            self.in_step = False
+            _, seq = self.engine.store.write_batch(self.cid, removed=gone, cleared_errors=stale_errors)
             self.wrote = True
             if gone and not self.needs_rebuild:
                 try:
                     self.engine.index.remove(gone)
                 except VectorIndexError:
                     self.needs_rebuild = True
+            self.complete_to, self.in_step = seq, True
         self.report.removed += len(gone)
         self.save()
 
@@ -231,7 +243,7 @@ class Writer:
         if self.needs_rebuild or (self.engine.index.untrained_fallback and self.report.added):
             self.engine.rebuild_index()  # untrained or non-removable index types: rebuilt from the store
         elif self.wrote:
-            self.engine.save_index()
+            self.engine.save_index(None if self.in_step else self.complete_to)
 
     def _text_vectors(self, captions: list[str | None]) -> dict[str, np.ndarray]:
         found, encoded = text_vectors(self.engine, captions)

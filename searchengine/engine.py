@@ -465,16 +465,18 @@ class SearchEngine:
     def _refresh(self) -> None:
         self.collection = self.store.require_collection(self.collection.name)
 
-    def save_index(self) -> None:
+    def save_index(self, complete_to: int | None = None) -> None:
         """Save the in-memory image index (after a writer's batches) and bring the text index up to date.
 
+        ``complete_to``: the store's sequence number the index is known to hold every change up to,
+        when a later committed batch may be missing from it (default: it is in step with the store).
         An ``auto`` index that no longer fits the collection's size (it crossed the exact-search
         limit, or grew or shrank 4x since its inverted file was trained) is rebuilt instead."""
         if needs_rechoice(self.index):
             log.info("the collection now holds %d vectors: choosing its index again", self.index.ntotal)
             self.index = self._build_index(self.collection.index_factory, save=True)
         else:
-            self._save(self.index, self.store.current_seq(self.collection.id))
+            self._save(self.index, self.store.current_seq(self.collection.id) if complete_to is None else complete_to)
         self.sync_texts()
 
     def sync_texts(self) -> None:

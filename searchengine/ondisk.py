@@ -17,13 +17,14 @@ During the streaming pass the exact top 10 of 200 sampled stored vectors is kept
 
 The lists on disk are never modified: vectors added after the build go to a small in-memory exact
 index (the *delta*, saved next to it as ``<index>.delta``) searched alongside, and removed or
-re-encoded rows are hidden from the lists by an id selector inside the search. Build again
-(``build-index``/``rebuild-index``) when the delta grows large.
+re-encoded rows are hidden from the lists by an id selector inside the search (their ids saved as
+``<index>.hidden``). Build again (``build-index``/``rebuild-index``) when the delta grows large.
 
-The store records one string for the three files (:class:`OnDiskRecord`): the SHA-256 of the index
-file, the name and SHA-256 of its ``.ivfdata``, and the SHA-256 of the delta; every file is checked
-before faiss reads any of them. Each build writes a new ``.ivfdata`` under a new name, and the index
-file is replaced atomically, so an interrupted build leaves the previous index whole.
+The store records one string for the files (:class:`OnDiskRecord`): the SHA-256 of the index file,
+the name and SHA-256 of its ``.ivfdata``, the SHA-256 of the delta and of the hidden ids. Every file
+is checked before faiss reads it; the ``.ivfdata`` once per file version (:func:`verify_data_file`).
+Each build writes a new ``.ivfdata`` under a new name, and the index file is replaced atomically, so
+an interrupted build leaves the previous index whole.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from .vectors import (
     file_checksum,
     is_lossy,
     verify_checksum,
+    write_atomic,
     write_index,
 )
 
@@ -96,16 +98,18 @@ class OnDiskRecord:
     data_name: str  # the .ivfdata file, in the index file's folder
     data: str  # its SHA-256
     delta: str  # SHA-256 of the delta file
+    hidden: str = ""  # SHA-256 of the hidden-ids file ("": none saved, as before version 0.x)
 
     def __str__(self) -> str:
-        return f"{ONDISK_PREFIX}{self.index}:{self.data_name}:{self.data}:{self.delta}"
+        text = f"{ONDISK_PREFIX}{self.index}:{self.data_name}:{self.data}:{self.delta}"
+        return text + f":{self.hidden}" if self.hidden else text
 
     @classmethod
     def parse(cls, text: str | None) -> "OnDiskRecord | None":
         if not text or not text.startswith(ONDISK_PREFIX):
             return None
         parts = text[len(ONDISK_PREFIX):].split(":")
-        if len(parts) != 4 or "/" in parts[1] or not parts[1].endswith(".ivfdata"):
+        if len(parts) not in (4, 5) or "/" in parts[1] or not parts[1].endswith(".ivfdata"):
             raise IndexChecksumError(f"malformed on-disk index record {text!r}")
         return cls(*parts)
 
@@ -138,17 +142,24 @@ def _delta_path(path: Path) -> Path:
     return path.with_name(path.name + ".delta")
 
 
+def _hidden_path(path: Path) -> Path:
+    """The ids of the lists' vectors that no longer count (removed, or replaced in the delta)."""
+    return path.with_name(path.name + ".hidden")
+
+
 class OnDiskIndex(VectorIndex):
     """A memory-mapped inverted file (read-only) plus an in-memory delta of later changes."""
 
     def __init__(self, base, factory: str, dim: int, path: Path, record: OnDiskRecord, delta: VectorIndex,
-                 note: str = "") -> None:
+                 note: str = "", hidden: np.ndarray | None = None) -> None:
         super().__init__(base, factory, dim, note=note, chosen=base_factory(factory))
         self.path = Path(path)
         self._record = record
         self._delta = delta
         self._base_ids: np.ndarray | None = None
-        self._hidden = np.intersect1d(self.base_ids(), delta.ids()) if delta.ntotal else np.zeros(0, np.int64)
+        if hidden is None:  # none saved (a new build, or a record from before they were): the delta's
+            hidden = np.intersect1d(self.base_ids(), delta.ids()) if delta.ntotal else np.zeros(0, np.int64)
+        self._hidden = hidden
 
     # -- what it holds ----------------------------------------------------------------------
     def base_ids(self) -> np.ndarray:
@@ -240,17 +251,21 @@ class OnDiskIndex(VectorIndex):
 
     # -- persistence ------------------------------------------------------------------------
     def save(self, path: Path) -> str:
-        """Write the delta (the lists on disk never change); returns the record to keep in the store."""
+        """Write the delta and the hidden ids (the lists on disk never change); returns the record to
+        keep in the store. Keeping the hidden ids lets an open count the index without reading the
+        lists' ids (100M of them at that scale)."""
         if Path(path) != self.path:
             raise VectorIndexError(f"an on-disk index lives at {self.path}; it cannot be saved to {path}")
+        ids = np.ascontiguousarray(self._hidden, dtype="<i8")
+        hidden = write_atomic(_hidden_path(self.path), lambda sink: sink(ids.tobytes()))
         delta = self._delta.save(_delta_path(self.path))
-        self._record = OnDiskRecord(self._record.index, self._record.data_name, self._record.data, delta)
+        self._record = OnDiskRecord(self._record.index, self._record.data_name, self._record.data, delta, hidden)
         return str(self._record)
 
     @classmethod
     def load(cls, path: Path, factory: str, dim: int, note: str = "", checksum: str | None = None,  # type: ignore[override]
              reuse: "VectorIndex | None" = None) -> "OnDiskIndex":
-        """Open after checking all three files against ``checksum`` (an :class:`OnDiskRecord`).
+        """Open after checking its files (index, lists, delta, hidden ids) against ``checksum`` (an :class:`OnDiskRecord`).
 
         ``reuse``: an on-disk index already open with the same lists (a reader picking up a new
         delta); its mapping is shared instead of hashing and mapping the data file again."""
@@ -260,17 +275,23 @@ class OnDiskIndex(VectorIndex):
         if record is None:
             raise IndexChecksumError(f"no on-disk index record for {path}")
         delta = VectorIndex.load(_delta_path(path), "Flat", dim, checksum=record.delta)
+        hidden = None
+        if record.hidden:
+            verify_checksum(_hidden_path(path), record.hidden)
+            hidden = np.fromfile(_hidden_path(path), dtype="<i8").astype(np.int64)
         same = (isinstance(reuse, OnDiskIndex) and reuse.path == path
                 and (reuse._record.index, reuse._record.data_name, reuse._record.data)
                 == (record.index, record.data_name, record.data))
         if same:
             assert isinstance(reuse, OnDiskIndex)
-            index = cls(reuse._index, factory, dim, path, record, delta, note)
+            if hidden is None and reuse._base_ids is not None:  # an old record: from the ids already read
+                hidden = np.intersect1d(reuse._base_ids, delta.ids()) if delta.ntotal else np.zeros(0, np.int64)
+            index = cls(reuse._index, factory, dim, path, record, delta, note, hidden)
             index._base_ids = reuse._base_ids
             return index
         verify_checksum(path, record.index)  # small, and what faiss parses: every time
         verify_data_file(path.parent / record.data_name, record.data)
-        return cls(_read_base(path, dim), factory, dim, path, record, delta, note)
+        return cls(_read_base(path, dim), factory, dim, path, record, delta, note, hidden)
 
 
 VERIFIED_SUFFIX = ".verified"
@@ -528,7 +549,7 @@ def remove_unused_files(path: Path, keep: OnDiskIndex | VectorIndex | None) -> i
     removed = 0
     stale = [p for p in path.parent.glob(f"{path.name}.*.ivfdata") if p.name != keep_name]
     if keep_name is None:
-        stale.append(_delta_path(path))
+        stale += [_delta_path(path), _hidden_path(path)]
     for old in stale:
         with contextlib.suppress(FileNotFoundError):
             old.unlink()
@@ -537,6 +558,11 @@ def remove_unused_files(path: Path, keep: OnDiskIndex | VectorIndex | None) -> i
         if not note.with_name(note.name[: -len(VERIFIED_SUFFIX)]).exists():
             with contextlib.suppress(FileNotFoundError):
                 note.unlink()
+    for tmp in path.parent.glob(f".{path.name}.*.ivfdata{VERIFIED_SUFFIX}.*.tmp"):  # a note's writer killed
+        pid = tmp.name.rsplit(".", 3)[-3]
+        if not (pid.isdigit() and _alive(int(pid))):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
     return removed
 
 

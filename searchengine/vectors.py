@@ -26,7 +26,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -351,16 +351,22 @@ class VectorIndex:
 
 
 def write_index(index, path: Path) -> str:
-    """Write a faiss index atomically (a temp file in the same folder, fsync, ``os.replace``, fsync the folder);
-    returns the file's SHA-256, for :meth:`load` to check.
+    """Write a faiss index atomically (see :func:`write_atomic`); returns the file's SHA-256, for
+    :meth:`VectorIndex.load` to check.
 
     The bytes go through Python's own file object: faiss's file writer reports a failed final
     flush (a full disk, a file size limit) only on stderr when it closes the file, so a
-    truncated index would have been put in place with the checksum of its truncated bytes.
-    On any error the previous file stays as it was and the temp file is removed; temp files
-    left by a process that was killed mid-save are removed by the next save."""
+    truncated index would have been put in place with the checksum of its truncated bytes."""
     import faiss
 
+    return write_atomic(path, lambda sink: faiss.write_index(index, faiss.PyCallbackIOWriter(sink)))
+
+
+def write_atomic(path: Path, produce: Callable[[Callable[[bytes], None]], None]) -> str:
+    """Write the bytes ``produce`` hands its sink to ``path`` atomically (a temp file in the same
+    folder, fsync, ``os.replace``, fsync the folder); returns their SHA-256. On any error the
+    previous file stays as it was and the temp file is removed; temp files left by a process that
+    was killed mid-save are removed by the next save."""
     path = Path(path)
     digest = hashlib.sha256()
     tmp: str | None = None
@@ -376,7 +382,7 @@ def write_index(index, path: Path) -> str:
                 digest.update(chunk)
                 written += len(chunk)
 
-            faiss.write_index(index, faiss.PyCallbackIOWriter(sink))
+            produce(sink)
             fh.flush()
             os.fsync(fh.fileno())
         if os.path.getsize(tmp) != written:

@@ -68,7 +68,7 @@ def test_the_index_is_merged_on_disk_and_served_memory_mapped(big):
         assert os.path.dirname(lists.filename) == str(engine.index_path.parent)
         assert lists.filename.endswith(".ivfdata") and os.path.getsize(lists.filename) == 5000 * (16 + 8)
         assert sorted(f.name for f in engine.index_path.parent.iterdir() if "index" in f.name) == sorted(
-            ["index.faiss", "index.faiss.delta", os.path.basename(lists.filename),
+            ["index.faiss", "index.faiss.delta", "index.faiss.hidden", os.path.basename(lists.filename),
              os.path.basename(lists.filename) + ".verified"])  # checked on this open (see below)
         assert set(index.ids().tolist()) == set(engine.store.live_ids(engine.collection.id).tolist())
         assert index.ids().min() == 11  # the SQL keys, not positions
@@ -169,7 +169,7 @@ def test_the_lists_are_hashed_once_per_file_version(big, monkeypatch):
         hashed.clear()
         with SearchEngine.open(COLL, data_dir=big) as engine:
             assert engine.index.ntotal == 5000
-        return hashed[:]
+        return [name for name in hashed if name != "index.faiss.hidden"]  # a few bytes, checked every time
 
     assert open_and_count() == ["index.faiss", data.name]  # the build's lists: hashed on first open
     note = data.with_name(data.name + ".verified")
@@ -187,11 +187,48 @@ def test_the_lists_are_hashed_once_per_file_version(big, monkeypatch):
         SearchEngine.open(COLL, data_dir=big)
     assert hashed[-1] == data.name
 
+    orphan = data.with_name(f".{note.name}.999999999.0badc0de.tmp")  # a note's writer killed mid-write
+    orphan.write_text("half")
     with SearchEngine.open(COLL, data_dir=big, writable=True):  # a writer rebuilds: new lists, the old note goes
         pass
-    assert not data.exists() and not note.exists() and not list(big.rglob("*.verified"))
+    assert not data.exists() and not note.exists() and not list(big.rglob("*.verified")) and not orphan.exists()
     assert open_and_count() == ["index.faiss", next(big.rglob("*.ivfdata")).name]
     assert [p.name for p in big.rglob("*.verified")] == [next(big.rglob("*.ivfdata")).name + ".verified"]
+
+
+def test_removals_survive_a_reopen_which_then_reads_no_ids(big, monkeypatch):
+    """The hidden ids are saved with the delta: an open after removals counts the index right, so
+    it needs neither the store's ids nor the lists' (100M each at that scale)."""
+    from searchengine.store import Store
+    from searchengine.vectors import VectorIndex
+
+    with SearchEngine.open(COLL, data_dir=big, writable=True) as writer:
+        gone = writer.store.live_ids(writer.collection.id)[:3].tolist()
+        writer.store.write_batch(writer.collection.id, removed=gone)
+        writer.index.remove(gone)
+        writer.save_index()
+        record = writer.collection.index_checksum
+    assert record.count(":") == 5  # index, lists name, lists, delta, hidden
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("ids were read")
+
+    with monkeypatch.context() as m:
+        m.setattr(Store, "live_ids", refuse)
+        m.setattr(VectorIndex, "ids", refuse)  # the lists' ids (OnDiskIndex.base_ids)
+        with SearchEngine.open(COLL, data_dir=big) as reader:
+            assert reader.index.ntotal == 4997 and reader.index.hidden == 3
+    with SearchEngine.open(COLL, data_dir=big) as reader:
+        assert not set(gone) & set(reader.index.ids().tolist())
+        _, found = reader.index.search(clustered(20, seed=7), 50)
+        assert not set(gone) & set(found.ravel().tolist())
+
+    # a record written before hidden ids were saved still opens; the reconcile hides the removals again
+    with SearchEngine.open(COLL, data_dir=big) as reader:
+        reader.store.set_index_state(reader.collection.id, reader.collection.index_seq, reader.collection.index_note,
+                                     "images", record.rsplit(":", 1)[0])
+    with SearchEngine.open(COLL, data_dir=big) as reader:
+        assert reader.index.ntotal == 4997 and not set(gone) & set(reader.index.ids().tolist())
 
 
 def test_a_tampered_data_file_is_refused_before_faiss_reads_it_and_rebuilt(big, monkeypatch):

@@ -236,6 +236,46 @@ def test_rows_deleted_without_a_new_sequence_number_are_still_reconciled(run, ph
         assert sorted(ids) == sorted(engine.store.live_ids(engine.collection.id).tolist())
 
 
+def test_an_interruption_between_the_commit_and_the_index_update_is_caught_on_the_next_open(run, photos,
+                                                                                            monkeypatch):
+    """The save after an interrupted run must not claim the index holds a batch it never got: it
+    records the sequence number the index is complete to, so the next open compares the id sets."""
+    from indexer.writer import Writer
+
+    monkeypatch.setenv("SEARCHENGINE_BATCH_SIZE", "2")
+    real_update, calls = Writer._update_index, []
+
+    def interrupted(self, *args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # batch 2 is committed in the store, not in the index
+        return real_update(self, *args)
+
+    monkeypatch.setattr(Writer, "_update_index", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(photos)
+    monkeypatch.setattr(Writer, "_update_index", real_update)
+    with open_engine() as engine:
+        rec, live = engine.collection, sorted(engine.store.live_ids(engine.collection.id).tolist())
+        assert len(live) == 4 and rec.index_seq < engine.store.current_seq(rec.id)
+        assert sorted(engine.index.ids().tolist()) == live  # the open found and added batch 2
+
+
+def test_a_file_that_turns_unreadable_leaves_the_index_of_the_run_that_found_it(run, photos, tiny_model):
+    """A batch whose only change is an indexed file that became unreadable still removes its id
+    from the index in memory (and so from the index saved)."""
+    run(photos)
+    (photos / "img2.jpg").write_bytes(b"not an image any more")
+    with SearchEngine.open(COLL, writable=True) as engine:
+        before = {h.path: h.id for h in engine.search_text("x", k=6)}
+        report = index_folder(photos, engine=engine)
+        assert (report.failed, report.removed) == (1, 1)
+        gone = before[str(photos / "img2.jpg")]
+        assert gone not in engine.index.ids().tolist() and engine.index.ntotal == 5
+    with open_engine() as engine:
+        assert engine.index.ntotal == 5 and engine.collection.index_seq == engine.store.current_seq(engine.collection.id)
+
+
 def test_rebuilt_index_gives_the_same_results(run, photos):
     run(photos)
     with open_engine() as engine:
