@@ -61,8 +61,8 @@ Precision = Annotated[str, typer.Option(
          "of fp32, checked at load), fp32, bf16 or fp16.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
 EngineKind = Annotated[str, typer.Option(
-    "--engine", help="local: decode and encode here. ray: decode and encode in resumable shards on Ray Data (the ray "
-         "extra), then write here; a failed job re-run skips its finished shards.")]
+    "--engine", help="local: decode and encode here. ray: decode and encode in shards on Ray Data (the ray extra), "
+         "each written here as it finishes; run a failed job again and only the shards that were running are redone.")]
 RayAddress = Annotated[Optional[str], typer.Option(
     "--address", envvar="RAY_ADDRESS", show_default=False,
     help="--engine ray: the cluster, e.g. ray://host:10001 [default: a local Ray].")]

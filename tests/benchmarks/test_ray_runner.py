@@ -1,6 +1,6 @@
 """On demand (Ray is the ``ray`` extra, not a dev dependency; tests/benchmarks is not collected by
 default): the Ray runner on a local Ray instance gives the same collection as the local path (folders
-and catalogs), resumes a failed job without re-running its finished shards, decodes in a memory-
+and catalogs), resumes a failed job from the store (only the shards that were running are redone), decodes in a memory-
 limited child process inside each actor, and gives each actor a GPU when the cluster has GPUs.
 
     pip install -c constraints.txt -e '.[dev,ray]'
