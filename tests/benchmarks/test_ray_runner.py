@@ -1,7 +1,8 @@
 """On demand (Ray is the ``ray`` extra, not a dev dependency; tests/benchmarks is not collected by
 default): the Ray runner on a local Ray instance gives the same collection as the local path (folders
-and catalogs), resumes a failed job from the store (only the shards that were running are redone), decodes in a memory-
-limited child process inside each actor, and gives each actor a GPU when the cluster has GPUs.
+and catalogs), resumes a failed job from the store (only the shards that were running are redone),
+decodes in a memory-limited child process inside each actor, and gives each actor a GPU when the
+cluster has GPUs.
 
     pip install -c constraints.txt -e '.[dev,ray]'
     HF_HUB_OFFLINE=1 python -m pytest -q -p no:cacheprovider tests/benchmarks/test_ray_runner.py
