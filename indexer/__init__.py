@@ -114,17 +114,16 @@ def run_files(engine: SearchEngine, scanned: ScanResult, rows: list[ImageRecord]
                                     timeout=engine.settings.decode_timeout,
                                     memory_limit=engine.settings.decode_memory())
             batch_size = engine.settings.batch_for(encoder.device)
-            counted = False
             if sharded is not None:  # decoded and encoded in shards (maybe elsewhere), written here
+                # progress counts each shard's files as it finishes (the long part), not the writes
                 batches = sharded.batches(engine, work.candidates, options, batch_size, progress)
-                counted = True  # progress counts each shard's files as it finishes: the long part
             else:  # decoding stays at least two batches ahead of the model, so a GPU never waits for a batch
                 batches = _paired(decode_all(work.candidates, options, engine.settings.decode_workers(),
                                              max_pending=max(256, 2 * batch_size)), batch_size)
             with closing(batches):
                 for batch, vectors in batches:
                     writer.write(batch, vectors)
-                    if progress is not None and not counted:
+                    if progress is not None and sharded is None:
                         progress.advance(len(batch))
         writer.finish(work.stale_errors)
     except BaseException as exc:

@@ -206,6 +206,9 @@ def read_part(path: Path | bytes) -> Part:
 
 # -- runners --------------------------------------------------------------------------------------
 class Runner(Protocol):
+    #: decode processes inside each shard task (None: the engine's setting)
+    decode_workers: int | None
+
     def map(self, shards: list[Shard], job: ShardJob) -> Iterator[tuple[str, bytes]]:
         """Run :func:`encode_shard` on each shard; yield (shard name, part file bytes) as each finishes."""
         ...
@@ -319,7 +322,7 @@ class Sharded:
 
     def job_for(self, engine: "SearchEngine", options: DecodeOptions, runner: Runner) -> ShardJob:
         s = engine.settings
-        workers = getattr(runner, "decode_workers", None)
+        workers = runner.decode_workers
         return ShardJob(model_spec=engine.collection.model_spec, device=s.device, precision=s.precision,
                         batch_size=s.batch_size, fingerprint=bytes(engine.collection.fingerprint),
                         known_hashes=options.known_hashes, own_hashes=dict(options.own_hashes),
@@ -354,7 +357,8 @@ class Sharded:
         if progress is not None and done:
             progress.advance(sum(len(s.entries) for s in done))
         for shard in done:
-            yield from self._take(folder / f"{shard.name}.npz", batch_size)
+            path = folder / f"{shard.name}.npz"
+            yield from self._take(read_part(path), path, batch_size)
         if todo:
             sizes = {s.name: len(s.entries) for s in todo}
             log.info("%d of %d shards to run (%s)", len(todo), len(shards), folder)
@@ -364,12 +368,12 @@ class Sharded:
                 if progress is not None:
                     progress.advance(sizes[name])
                 log.info("%s done (%d/%d)", name, len(self.ran), len(todo))
-                yield from self._take(folder / f"{name}.npz", batch_size)
+                yield from self._take(read_part(data), folder / f"{name}.npz", batch_size)
         shutil.rmtree(parts_root(engine), ignore_errors=True)
 
     @staticmethod
-    def _take(path: Path, batch_size: int) -> Iterator[tuple[list[Decoded], dict[str, np.ndarray]]]:
-        part = read_part(path)
+    def _take(part: Part, path: Path, batch_size: int) -> Iterator[tuple[list[Decoded], dict[str, np.ndarray]]]:
+        """``part``'s files in batches; then its file at ``path`` goes."""
         log.debug("%s was computed by %s", part.shard, part.worker)
         for start in range(0, len(part.files), batch_size):
             yield part.files[start : start + batch_size], part.vectors

@@ -98,7 +98,7 @@ class OnDiskRecord:
     data_name: str  # the .ivfdata file, in the index file's folder
     data: str  # its SHA-256
     delta: str  # SHA-256 of the delta file
-    hidden: str = ""  # SHA-256 of the hidden-ids file ("": none saved, as before version 0.x)
+    hidden: str = ""  # SHA-256 of the hidden-ids file ("": none saved, as in records written before they were)
 
     def __str__(self) -> str:
         text = f"{ONDISK_PREFIX}{self.index}:{self.data_name}:{self.data}:{self.delta}"
@@ -151,12 +151,12 @@ class OnDiskIndex(VectorIndex):
     """A memory-mapped inverted file (read-only) plus an in-memory delta of later changes."""
 
     def __init__(self, base, factory: str, dim: int, path: Path, record: OnDiskRecord, delta: VectorIndex,
-                 note: str = "", hidden: np.ndarray | None = None) -> None:
+                 note: str = "", hidden: np.ndarray | None = None, base_ids: np.ndarray | None = None) -> None:
         super().__init__(base, factory, dim, note=note, chosen=base_factory(factory))
         self.path = Path(path)
         self._record = record
         self._delta = delta
-        self._base_ids: np.ndarray | None = None
+        self._base_ids = base_ids  # the lists' ids, when already read (sorted)
         if hidden is None:  # none saved (a new build, or a record from before they were): the delta's
             hidden = np.intersect1d(self.base_ids(), delta.ids()) if delta.ntotal else np.zeros(0, np.int64)
         self._hidden = hidden
@@ -284,11 +284,7 @@ class OnDiskIndex(VectorIndex):
                 == (record.index, record.data_name, record.data))
         if same:
             assert isinstance(reuse, OnDiskIndex)
-            if hidden is None and reuse._base_ids is not None:  # an old record: from the ids already read
-                hidden = np.intersect1d(reuse._base_ids, delta.ids()) if delta.ntotal else np.zeros(0, np.int64)
-            index = cls(reuse._index, factory, dim, path, record, delta, note, hidden)
-            index._base_ids = reuse._base_ids
-            return index
+            return cls(reuse._index, factory, dim, path, record, delta, note, hidden, reuse._base_ids)
         verify_checksum(path, record.index)  # small, and what faiss parses: every time
         verify_data_file(path.parent / record.data_name, record.data)
         return cls(_read_base(path, dim), factory, dim, path, record, delta, note, hidden)
