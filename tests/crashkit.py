@@ -218,35 +218,35 @@ def _dupes(items: list[str]) -> list[str]:
     return [x for x in items if x in seen or seen.add(x)]
 
 
-def row_count(db: Path) -> int:
-    """Images + products committed so far (0 before the schema exists)."""
+def _count(db: Path, read: Callable[[sqlite3.Connection], int]) -> int:
+    """``read`` on a read-only connection to ``db``; 0 before the schema exists."""
     try:
         conn = _connect(db, True)
         if conn is None:
             return 0
         try:
-            n = conn.execute("SELECT count(*) FROM images").fetchone()[0]
-            if _has_table(conn, "products"):
-                n += conn.execute("SELECT count(*) FROM products").fetchone()[0]
-            return int(n)
+            return int(read(conn))
         finally:
             conn.close()
     except sqlite3.OperationalError:
         return 0
+
+
+def row_count(db: Path) -> int:
+    """Images + products committed so far (0 before the schema exists)."""
+
+    def read(conn: sqlite3.Connection) -> int:
+        n = conn.execute("SELECT count(*) FROM images").fetchone()[0]
+        if _has_table(conn, "products"):
+            n += conn.execute("SELECT count(*) FROM products").fetchone()[0]
+        return n
+
+    return _count(db, read)
 
 
 def commits(db: Path) -> int:
     """Write transactions committed so far (the collections' sequence numbers: one per batch)."""
-    try:
-        conn = _connect(db, True)
-        if conn is None:
-            return 0
-        try:
-            return int(conn.execute("SELECT coalesce(sum(next_seq), 0) FROM collections").fetchone()[0])
-        finally:
-            conn.close()
-    except sqlite3.OperationalError:
-        return 0
+    return _count(db, lambda conn: conn.execute("SELECT coalesce(sum(next_seq), 0) FROM collections").fetchone()[0])
 
 
 def integrity_problems(db: Path) -> list[str]:
