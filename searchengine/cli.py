@@ -1,6 +1,6 @@
 """The ``searchengine`` command line: a thin typer layer over the library.
 
-Only this module turns library errors into messages and exit codes (``EXIT_CODES``).
+Only this module turns library errors into messages and exit codes (each error's ``exit_code``).
 """
 
 from __future__ import annotations
@@ -36,17 +36,6 @@ app = typer.Typer(
     rich_markup_mode=None,  # help texts are plain: "[default: ...]" must print as written
 )
 
-#: Exit codes by error class (the first match in order wins); 130 after Ctrl-C.
-EXIT_CODES: list[tuple[type[SearchEngineError], int]] = [
-    (ConfigError, 2),
-    (CollectionNotFoundError, 3),
-    (ModelLoadError, 4),
-    (ModelMismatchError, 5),
-    (QueryError, 6),
-    (WriterBusyError, 7),
-    (SearchEngineError, 1),
-]
-
 Collection = Annotated[str, typer.Option("--collection", "-c", envvar="SEARCHENGINE_COLLECTION",
                                          help="Collection name.")]
 DataDir = Annotated[Optional[Path], typer.Option("--data-dir", envvar="SEARCHENGINE_HOME", show_default=False,
@@ -81,7 +70,7 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except SearchEngineError as exc:
-        code = next(c for cls, c in EXIT_CODES if isinstance(exc, cls))
+        code = exc.exit_code
         _fail(str(exc), code)
     except KeyboardInterrupt:
         typer.echo("\nInterrupted. Everything written so far is kept; run the command again to finish.", err=True)

@@ -1,7 +1,8 @@
 """The one exception hierarchy of the engine.
 
-Library code raises these; only the CLI turns them into messages and exit codes
-(see ``EXIT_CODES`` in :mod:`searchengine.cli`).
+Library code raises these. Each class carries the one error table: ``exit_code`` (what the CLI
+exits with) and ``http_status`` (what the HTTP API answers); a subclass inherits both unless it
+sets its own. The CLI and the server read these attributes and nothing else.
 
     SearchEngineError
     ├── ConfigError            bad settings or arguments
@@ -42,9 +43,15 @@ __all__ = [
 class SearchEngineError(Exception):
     """Base class of every error the engine raises on purpose."""
 
+    exit_code = 1
+    http_status = 500
+
 
 class ConfigError(SearchEngineError):
     """Invalid settings, model spec or argument."""
+
+    exit_code = 2
+    http_status = 400
 
 
 class ModelError(SearchEngineError):
@@ -54,9 +61,15 @@ class ModelError(SearchEngineError):
 class ModelLoadError(ModelError):
     """The model's weights cannot be obtained or loaded."""
 
+    exit_code = 4
+    http_status = 503
+
 
 class ModelMismatchError(ModelError):
     """A collection is queried or extended with a model other than the one that built it."""
+
+    exit_code = 5
+    http_status = 409
 
 
 class StoreError(SearchEngineError):
@@ -65,6 +78,9 @@ class StoreError(SearchEngineError):
 
 class CollectionNotFoundError(StoreError):
     """The named collection does not exist."""
+
+    exit_code = 3
+    http_status = 404
 
 
 class VectorIndexError(SearchEngineError):
@@ -81,13 +97,20 @@ class ImageDecodeError(SearchEngineError):
     Raised per file; the indexer records it and goes on.
     """
 
+    http_status = 422
+
 
 class QueryError(SearchEngineError):
     """A query that cannot be run."""
 
+    exit_code = 6
+    http_status = 400
+
 
 class NotFoundError(QueryError):
     """An image id that names nothing live in the collection."""
+
+    http_status = 404
 
 
 class DownloadError(SearchEngineError):
@@ -100,3 +123,5 @@ class CatalogError(ConfigError):
 
 class WriterBusyError(SearchEngineError):
     """Another process (or engine) is writing the collection; one writer per collection."""
+
+    exit_code = 7

@@ -27,11 +27,6 @@ __all__ = ["create_app"]
 STATIC = Path(__file__).parent / "static"
 NOSNIFF = {"X-Content-Type-Options": "nosniff"}
 MAX_ID = 2**62  # image ids are SQL bigints
-#: library errors -> HTTP status (the first matching class wins)
-STATUS: list[tuple[type, int]] = [
-    (E.NotFoundError, 404), (E.CollectionNotFoundError, 404), (E.ImageDecodeError, 422), (E.QueryError, 400),
-    (E.ModelLoadError, 503), (E.ModelMismatchError, 409), (E.ConfigError, 400), (E.SearchEngineError, 500),
-]
 _bearer = HTTPBearer(auto_error=False, description="an API key: `Authorization: Bearer KEY`")
 _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key")
 
@@ -118,8 +113,7 @@ def _install_middleware(app: FastAPI, config: ServerConfig) -> None:
 def _install_errors(app: FastAPI) -> None:
     @app.exception_handler(E.SearchEngineError)
     async def engine_error(request: Request, exc: E.SearchEngineError) -> JSONResponse:
-        status = next(code for cls, code in STATUS if isinstance(exc, cls))
-        return JSONResponse({"detail": str(exc), "error": type(exc).__name__}, status_code=status)
+        return JSONResponse({"detail": str(exc), "error": type(exc).__name__}, status_code=exc.http_status)
 
 
 # -- helpers ------------------------------------------------------------------------------------
