@@ -9,10 +9,15 @@ the rest of the engine never imports it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..config import Settings
+from ..engine import SearchEngine
 from ..errors import ConfigError
 from .config import ServerConfig
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 __all__ = ["create_app", "ServerConfig", "serve", "app_for"]
 
@@ -25,7 +30,7 @@ def _require() -> None:
         raise ConfigError("the HTTP server needs the server extra: pip install 'searchengine[server]'") from None
 
 
-def create_app(*args: Any, **kwargs: Any):
+def create_app(*args: Any, **kwargs: Any) -> "FastAPI":
     """See :func:`searchengine.server.app.create_app`."""
     _require()
     from .app import create_app as build
@@ -33,17 +38,15 @@ def create_app(*args: Any, **kwargs: Any):
     return build(*args, **kwargs)
 
 
-def app_for(settings, config: ServerConfig, model: str | None = None):
+def app_for(settings: Settings, config: ServerConfig, model: str | None = None) -> "FastAPI":
     """The app over the collection named in ``settings`` (created by the first admin index job if missing)."""
-    from ..engine import SearchEngine
-
     return create_app(lambda: SearchEngine.open(settings=settings, writable=False),
                       config,
                       lambda: SearchEngine.open(settings=settings.with_(model=model) if model else settings,
                                                 create=True, writable=True))
 
 
-def serve(settings, config: ServerConfig, model: str | None = None, log_level: str = "info") -> None:
+def serve(settings: Settings, config: ServerConfig, model: str | None = None, log_level: str = "info") -> None:
     """Run the server until interrupted (refuses a non-loopback address without API keys)."""
     config.check_bind()
     app = app_for(settings, config, model)

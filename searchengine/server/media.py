@@ -13,8 +13,13 @@ import os
 import tempfile
 from pathlib import Path
 
+from PIL import Image, UnidentifiedImageError
+
+from ..engine import SearchEngine
 from ..errors import ImageDecodeError, NotFoundError
 from ..imaging import safe_open
+from ..store import ImageRecord
+from .security import contained_file
 
 __all__ = ["thumbnail_file", "original_file", "SERVED_TYPES"]
 
@@ -23,10 +28,8 @@ SERVED_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", 
                 "BMP": "image/bmp", "TIFF": "image/tiff"}
 
 
-def _located(engine, image_id: int):
+def _located(engine: SearchEngine, image_id: int) -> tuple[ImageRecord, str]:
     """The image's row and its file's resolved real path, which must lie inside a root."""
-    from .security import contained_file
-
     rec = engine.store.images_by_ids(engine.collection.id, [image_id]).get(image_id)
     if rec is None:
         raise NotFoundError(f"no image with id {image_id} in collection {engine.collection.name!r}")
@@ -36,7 +39,7 @@ def _located(engine, image_id: int):
     return rec, real
 
 
-def thumbnail_file(engine, image_id: int, size: int) -> Path:
+def thumbnail_file(engine: SearchEngine, image_id: int, size: int) -> Path:
     """The cached JPEG thumbnail (longest side ``size``) of an image, made on first request."""
     rec, real = _located(engine, image_id)
     folder = engine.settings.collection_dir / "thumbs" / rec.content_hash[:2]
@@ -57,10 +60,8 @@ def thumbnail_file(engine, image_id: int, size: int) -> Path:
     return target
 
 
-def original_file(engine, image_id: int) -> tuple[str, str]:
+def original_file(engine: SearchEngine, image_id: int) -> tuple[str, str]:
     """(resolved path, MIME type) of an image's original file."""
-    from PIL import Image, UnidentifiedImageError
-
     _, real = _located(engine, image_id)
     if real.lower().endswith((".svg", ".svgz")):
         raise NotFoundError(f"image {image_id} is not of a type served as an original")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import json
 import math
 import os
 import stat
@@ -12,7 +13,7 @@ from typing import Literal
 
 from .config import ServerConfig
 
-__all__ = ["Access", "access_of", "RateLimiter", "BodyLimit", "contained_file"]
+__all__ = ["Access", "KEY_COOKIE", "access_of", "presented_key", "RateLimiter", "BodyLimit", "contained_file"]
 
 Access = Literal["none", "read", "admin"]
 KEY_COOKIE = "searchengine_key"
@@ -120,8 +121,6 @@ class BodyLimit:
 
 
 async def _too_large(send, limit: int) -> None:
-    import json
-
     body = json.dumps({"detail": f"request body over the limit of {limit} bytes"}).encode()
     await send({"type": "http.response.start", "status": 413,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
