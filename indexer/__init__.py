@@ -13,7 +13,7 @@ from contextlib import closing
 from typing import TYPE_CHECKING, Iterable, Iterator, Protocol
 
 from searchengine.engine import SearchEngine
-from searchengine.errors import ConfigError, VectorIndexError
+from searchengine.errors import ConfigError
 from searchengine.imaging import image_extensions
 from searchengine.store import FileErrorRecord, ImageRecord
 
@@ -66,8 +66,7 @@ def index_folder(paths: Iterable[str | os.PathLike] | str | os.PathLike, *, engi
 
                 if not available():
                     raise ConfigError("reading text in images needs the ocr extra: pip install 'searchengine[ocr]'")
-            engine.store.set_ocr(engine.collection.id, ocr)
-            engine._refresh()
+            engine.set_ocr(ocr)
         scanned = scan(roots, image_extensions())
         cid = engine.collection.id
         engine.store.add_roots(cid, roots)
@@ -161,11 +160,8 @@ def remove_paths(paths: Iterable[str | os.PathLike] | str | os.PathLike, *, engi
     report = IndexReport(removed=len(ids))
     if ids or errors:
         engine.store.write_batch(cid, removed=ids, cleared_errors=errors)
-        try:
-            engine.index.remove(ids)
-            engine.save_index()
-        except VectorIndexError:  # an index type that cannot remove: rebuilt from the store
-            engine.rebuild_index()
+        engine.indexes.apply(removed=ids)
+        engine.indexes.commit()  # an index type that cannot remove is rebuilt from the store
     report.seconds = time.perf_counter() - started
     return report
 

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 
 from searchengine.engine import SearchEngine
-from searchengine.errors import VectorIndexError
 from searchengine.store import FileErrorRecord, ProductWrite, product_images
 from searchengine.store import products as products_table
 
@@ -168,7 +167,7 @@ def _import(engine: SearchEngine, catalog, fetch_options: FetchOptions, prune: b
     report.removed = len(removed)
     _drop_unused_images(engine)
     _clear_unused_errors(engine, refs_before - _product_refs(engine), cache)
-    engine.save_index()
+    engine.indexes.commit()  # rebuilt from the store when it could not take a removal
     report.errors = errors + [e for e in report.images.errors if not is_url(e.path)]
     report.seconds = time.perf_counter() - started
     return report
@@ -220,7 +219,4 @@ def _drop_unused_images(engine: SearchEngine) -> None:
     if not unused:
         return
     engine.store.write_batch(engine.collection.id, removed=unused)
-    try:
-        engine.index.remove(unused)
-    except VectorIndexError:
-        engine.rebuild_index()
+    engine.indexes.apply(removed=unused)

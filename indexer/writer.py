@@ -11,7 +11,6 @@ from typing import Literal, Mapping
 import numpy as np
 
 from searchengine.engine import SearchEngine
-from searchengine.errors import VectorIndexError
 from searchengine.store import FileErrorRecord, ImageRecord, NewImage, as_stored, text_hash
 
 from .diff import Plan
@@ -92,7 +91,6 @@ class Writer:
         for row in plan.vanished:
             self.vanished_by_hash.setdefault(row.content_hash, []).append(row)
         self.claimed: set[int] = set()
-        self.needs_rebuild = False
         self.wrote = False
         # The store's sequence number the in-memory index holds every change up to, and whether a
         # committed batch may be missing from it (an interruption between the store's commit and
@@ -212,16 +210,8 @@ class Writer:
         return out
 
     def _update_index(self, ids: list[int], vecs: list[np.ndarray], replaced: list[int]) -> None:
-        if self.needs_rebuild or not (ids or replaced):
-            return
-        index = self.engine.index
-        try:
-            if replaced:  # updated rows' old vectors, and rows whose file is no longer a readable image
-                index.remove(replaced)
-            if ids:
-                index.add(np.asarray(ids, dtype=np.int64), np.stack(vecs))
-        except VectorIndexError:
-            self.needs_rebuild = True  # e.g. HNSW cannot remove; rebuilt from the store at the end
+        # replaced: updated rows' old vectors, and rows whose file is no longer a readable image
+        self.engine.indexes.apply(ids, vecs, replaced)
 
     def finish(self, stale_errors: list[str]) -> None:
         """Remove rows whose file is gone (and was not found moved), then save the index."""
@@ -230,20 +220,15 @@ class Writer:
             self.in_step = False
             _, seq = self.engine.store.write_batch(self.cid, removed=gone, cleared_errors=stale_errors)
             self.wrote = True
-            if gone and not self.needs_rebuild:
-                try:
-                    self.engine.index.remove(gone)
-                except VectorIndexError:
-                    self.needs_rebuild = True
+            self.engine.indexes.apply(removed=gone)
             self.complete_to, self.in_step = seq, True
         self.report.removed += len(gone)
         self.save()
 
     def save(self) -> None:
-        if self.needs_rebuild or (self.engine.index.untrained_fallback and self.report.added):
-            self.engine.rebuild_index()  # untrained or non-removable index types: rebuilt from the store
-        elif self.wrote:
-            self.engine.save_index(None if self.in_step else self.complete_to)
+        """Save the index, or rebuild it from the store when it could not take the changes."""
+        if self.wrote:
+            self.engine.indexes.commit(None if self.in_step else self.complete_to, grew=self.report.added > 0)
 
     def _text_vectors(self, captions: list[str | None]) -> dict[str, np.ndarray]:
         found, encoded = text_vectors(self.engine, captions)

@@ -14,7 +14,7 @@ builder is :func:`searchengine.ondisk.build_ondisk`, the same one ``build-index`
   (``RssFile`` growth), with the page cache warm from the build.
 * recall@10: against exact inner-product search over the same vectors (brute force, streamed again),
   for ``--queries`` fresh queries; p50/p95 of one query at a time at each ``--nprobe``.
-* re-ranked: what the engine does with a lossy (PQ) index (``searchengine.engine.RERANK_FACTOR``):
+* re-ranked: what the engine does with a lossy (PQ) index (``searchengine.vectors.RERANK_FACTOR``):
   10x the candidates from the index, scored exactly against the float16 vectors (kept here in a
   memory-mapped file in the work folder, standing in for the store), top 10 kept; p50 includes it.
 
@@ -85,7 +85,7 @@ def exact_top10(source: Source, queries: np.ndarray, keep: np.ndarray | None = N
 
 def reranked(index, kept: np.ndarray, row: np.ndarray, k: int = 10) -> np.ndarray:
     """The engine's re-rank of a lossy index: ``RERANK_FACTOR * k`` candidates scored exactly."""
-    from searchengine.engine import RERANK_FACTOR
+    from searchengine.vectors import RERANK_FACTOR
 
     _, cand = index.search(row.reshape(1, -1), k * RERANK_FACTOR)
     cand = np.sort(cand[0][cand[0] >= 0])  # sorted: the mapped rows read in file order
@@ -188,7 +188,7 @@ def extrapolate(r: dict, flops: float) -> list[dict]:
 
 
 def print_table(results: list[dict], flops: float) -> None:
-    from searchengine.engine import RERANK_FACTOR
+    from searchengine.vectors import RERANK_FACTOR
 
     print("| vectors | index | build (train / add / merge) | disk bytes/vector | in memory | nprobe | "
           f"recall@10 | p50 / p95 | recall@10 re-ranked (x{RERANK_FACTOR} candidates) | p50 re-ranked |")

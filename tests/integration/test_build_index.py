@@ -16,6 +16,7 @@ from searchengine import SearchEngine, ondisk
 from searchengine.cli import app
 from searchengine.errors import ConfigError, VectorIndexError
 from searchengine.store import NewImage
+from searchengine.search.ranking import vector_ranking
 
 COLL = "big"
 DIM = 32  # the tiny model's
@@ -100,7 +101,7 @@ def test_pq_candidates_are_re_ranked_exactly_with_the_stored_vectors(big):
         assert np.allclose([h.score for h in hits], vecs @ queries[0], atol=1e-6)  # exact, float16-stored vectors
         assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
         allowed = truth[0][::2]  # a filter: the selector path re-ranks too
-        ranked = engine._vector_ranking(queries[0], 3, allowed)
+        ranked = vector_ranking(engine.store, engine.collection.id, engine.index, queries[0], 3, allowed)
         assert [i for i, _ in ranked] == truth[0][::2][:3].tolist()
 
 

@@ -396,7 +396,7 @@ def test_an_index_file_the_engine_did_not_write_is_never_read(run, photos, monke
     import faiss
 
     from searchengine import vectors as vectors_module
-    from searchengine.engine import INDEX_FILE
+    from searchengine.index.maintenance import INDEX_FILE
 
     run(photos)
     with SearchEngine.open(COLL) as engine:

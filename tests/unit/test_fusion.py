@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from searchengine.engine import RRF_K, fuse
+from searchengine.search.ranking import RRF_K, fuse
 
 
 def _rrf(rank: int, weight: float) -> float:
