@@ -76,6 +76,18 @@ def canonical_spec(spec: str) -> str:
     return spec
 
 
+class _Models:
+    """The models an engine has loaded (its encoder, whether it was checked against the collection's
+    fingerprint, its stage models), under one lock. Engines that :meth:`SearchEngine.reopen` or
+    :meth:`SearchEngine.writer` make share it, so a process loads each model once."""
+
+    def __init__(self, encoder: "ClipEncoder | None" = None) -> None:
+        self.encoder = encoder
+        self.checked = False
+        self.stages: dict[tuple[str, str], Any] = {}  # loaded rerankers, captioners, answerers
+        self.lock = threading.RLock()  # threads (the HTTP server, its jobs) load each model once
+
+
 class SearchEngine:
     """One collection: its store rows, its vector indexes and (loaded on first use) its model.
 
@@ -92,10 +104,7 @@ class SearchEngine:
         if writable and writer_lock is None:
             self._writer_lock = WriterLock(settings.collection_dir, collection.name, store).acquire()
         self.refresh_every = None if writable else refresh_every
-        self._encoder = encoder
-        self._encoder_checked = False
-        self._stages: dict[tuple[str, str], Any] = {}  # loaded rerankers, captioners, answerers
-        self._load_lock = threading.RLock()  # threads (the HTTP server) load each model once
+        self._models = _Models(encoder)
         self._refresh_lock = threading.Lock()
         try:
             self.indexes = Indexes(store, collection, settings.collection_dir, writable=writable)
@@ -158,6 +167,28 @@ class SearchEngine:
                                          clip.fingerprint_id(probe), factory)
         return record, encoder
 
+    def reopen(self) -> "SearchEngine":
+        """A read engine over the collection as stored now (its indexes loaded anew) on this engine's
+        store, sharing its loaded models. It does not look for new generations itself
+        (``refresh_every=None``): whoever reopens decides when."""
+        record = self.store.require_collection(self.collection.name)
+        new = SearchEngine(self.settings, self.store, record, refresh_every=None)
+        new._models = self._models
+        return new
+
+    def writer(self) -> "SearchEngine":
+        """A writable engine over this collection on its own store connection (it takes the writer
+        lock), sharing this engine's models: a model either of them loads is loaded once."""
+        store = Store(self.settings.database_url)
+        try:
+            record = store.require_collection(self.collection.name)
+            new = SearchEngine(self.settings, store, record, writable=True)
+        except BaseException:
+            store.close()
+            raise
+        new._models = self._models
+        return new
+
     def __enter__(self) -> "SearchEngine":
         return self
 
@@ -211,16 +242,17 @@ class SearchEngine:
     @property
     def encoder(self) -> "ClipEncoder":
         """The collection's model, loaded on first use and checked against its fingerprint."""
-        if self._encoder is not None and self._encoder_checked:
-            return self._encoder
-        with self._load_lock:
-            if self._encoder is None:
-                self._encoder = clip.load_encoder(self.collection.model_spec, self.settings.device,
-                                                  self.settings.precision)
-            if not self._encoder_checked:
-                self._check_encoder(self._encoder)
-                self._encoder_checked = True
-            return self._encoder
+        models = self._models
+        if models.encoder is not None and models.checked:
+            return models.encoder
+        with models.lock:
+            if models.encoder is None:
+                models.encoder = clip.load_encoder(self.collection.model_spec, self.settings.device,
+                                                   self.settings.precision)
+            if not models.checked:
+                self._check_encoder(models.encoder)
+                models.checked = True
+            return models.encoder
 
     def _check_encoder(self, encoder: "ClipEncoder") -> None:
         rec = self.collection
@@ -383,10 +415,11 @@ class SearchEngine:
 
     # -- looking closer: rerankers, captions, answers, zero-shot ----------------------------
     def _stage(self, task: str, spec: str, load: Any) -> Any:
-        with self._load_lock:
-            if (task, spec) not in self._stages:
-                self._stages[(task, spec)] = load(spec, self.settings.device)
-            return self._stages[(task, spec)]
+        stages = self._models.stages
+        with self._models.lock:
+            if (task, spec) not in stages:
+                stages[(task, spec)] = load(spec, self.settings.device)
+            return stages[(task, spec)]
 
     def reranker(self, spec: str | None = None) -> "Reranker":
         """A reranker (loaded once per engine): see :func:`searchengine.stages.load_reranker`."""

@@ -19,7 +19,6 @@ from typing import Any, Callable, Literal
 
 from ..engine import SearchEngine
 from ..errors import CollectionNotFoundError, SearchEngineError
-from ..store import Store
 
 __all__ = ["EngineHolder", "Job", "JobManager", "open_writer_for"]
 
@@ -74,7 +73,7 @@ class EngineHolder:
     def _swap(self) -> None:
         old = self._engine
         assert old is not None
-        new = _reopened(old)
+        new = old.reopen()
         self._engine, self._generation = new, self._stamp(new)
 
     @staticmethod
@@ -198,30 +197,9 @@ def open_writer_for(holder: EngineHolder, open_new: Callable[[], SearchEngine]) 
             reader = holder.get()
         except CollectionNotFoundError:
             return open_new()  # the first job creates the collection
-        return _writer_beside(reader)
+        return reader.writer()
 
     return open_writer
 
 
 # -- until SearchEngine offers these itself, the only places that touch its private state ------------
-def _reopened(old: SearchEngine) -> SearchEngine:
-    """A read engine over the collection as stored now (its index loaded anew), on ``old``'s store, sharing
-    ``old``'s loaded model (and whether it was checked) and its stage models, so each loads once across swaps.
-    This holder, not the engine, checks for new generations (``refresh_every=None``)."""
-    record = old.store.require_collection(old.collection.name)
-    new = SearchEngine(old.settings, old.store, record, old._encoder, refresh_every=None)
-    new._encoder_checked = old._encoder_checked
-    new._stages, new._load_lock = old._stages, old._load_lock
-    return new
-
-
-def _writer_beside(reader: SearchEngine) -> SearchEngine:
-    """A writable engine on its own store connection over ``reader``'s collection, sharing the model
-    ``reader`` has loaded, if any (none is loaded for it)."""
-    store = Store(reader.settings.database_url)
-    try:
-        record = store.require_collection(reader.collection.name)
-        return SearchEngine(reader.settings, store, record, reader._encoder, writable=True)
-    except BaseException:
-        store.close()
-        raise

@@ -24,6 +24,7 @@ import pytest
 from indexer import index_folder, remove_paths
 from searchengine import SearchEngine
 from searchengine.errors import NotFoundError, WriterBusyError
+from searchengine.search.hits import dedup
 from tests import imagegen
 from tests.concurrency_reader import leaked_ids, read_results, reader_errors
 
@@ -192,7 +193,8 @@ def test_rows_removed_between_a_readers_two_reads_are_skipped(run, photos, monke
         with SearchEngine.open(COLL, writable=True) as writer:
             remove_paths([hits[0].path], engine=writer)
         # de-duplicating hits joined before the removal
-        assert [h.id for h in reader._dedup(hits, 0.99)] == [h.id for h in reader._dedup(hits[1:], 0.99)]
+        cid = reader.collection.id
+        assert [h.id for h in dedup(reader.store, cid, hits, 0.99)] == [h.id for h in dedup(reader.store, cid, hits[1:], 0.99)]
         with pytest.raises(NotFoundError):
             reader.similar(hits[0].id)
         # reconciling with a live-id list read before the removal
