@@ -211,6 +211,8 @@ def render_errors() -> str:
 # -- docs/cli.md: the reference -----------------------------------------------------------------------
 def _default(param: Any) -> str:
     default = param.default
+    if param.required:
+        return "required"
     if not param.show_default or default in (None, False, (), []) or callable(default):
         return ""
     if isinstance(default, (list, tuple)):
@@ -230,7 +232,8 @@ def render_reference(cmds: list[tuple[str, Any]]) -> str:
     parts = []
     for path, cmd in cmds:
         help_text = inspect.cleandoc(cmd.help or "").replace("\b\n", "")
-        parts.append(f"### {path}\n\n```\n{usage(path, cmd)} [OPTIONS]\n```\n\n{help_text}\n")
+        command_line = usage(path, cmd).replace(path, f"{path} [OPTIONS]", 1)
+        parts.append(f"### {path}\n\n```\n{command_line}\n```\n\n{help_text}\n")
         args = [[f"`{(p.name or '').upper()}`", cell(getattr(p, 'help', None) or "")]
                 for p in cmd.params if _is_argument(p)]
         if args:
