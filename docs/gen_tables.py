@@ -46,8 +46,9 @@ MANY_COMMANDS = 4  # an option on more commands than this is summed up as "N com
 DESCRIPTIONS: dict[str, tuple[str, str]] = {
     "SEARCHENGINE_HOME": ("data directory (SQLite file, index files)",
                           "`$XDG_DATA_HOME/searchengine` or `~/.local/share/searchengine`"),
-    "SEARCHENGINE_DB": ("any SQLAlchemy URL, e.g. `postgresql+psycopg://user@host/db` (`pip install -e \".[postgres]\"`; "
-                        "see [PostgreSQL](docs/reliability.md#postgresql))", "SQLite in the data directory"),
+    "SEARCHENGINE_DB": ("any SQLAlchemy URL, e.g. `postgresql+psycopg://user@host/db` "
+                        "(`pip install -e \".[postgres]\"`; see [PostgreSQL](docs/reliability.md#postgresql))",
+                        "SQLite in the data directory"),
     "SEARCHENGINE_COLLECTION": ("collection name", "`default`"),
     "SEARCHENGINE_MODEL": ("model spec for new collections (see [Models](docs/models-and-training.md#models))",
                            "`ViT-B-32:laion2b_s34b_b79k` (offline: `lite`)"),
@@ -65,7 +66,8 @@ DESCRIPTIONS: dict[str, tuple[str, str]] = {
                                       "[Hostile and odd input](docs/reliability.md#hostile-and-odd-input))",
                                       "40 bytes a pixel of the pixel cap, at least 1 GiB"),
     "SEARCHENGINE_CAPTION_MODEL": ("BLIP captioning model: a Hugging Face id or a `save_pretrained` folder; the "
-                                   "server offers captions only when it is set", "`Salesforce/blip-image-captioning-base`"),
+                                   "server offers captions only when it is set",
+                                   "`Salesforce/blip-image-captioning-base`"),
     "SEARCHENGINE_VQA_MODEL": ("BLIP visual question answering model; the server offers questions only when it is set",
                                "`Salesforce/blip-vqa-base`"),
     "SEARCHENGINE_RERANK_MODEL": ("reranker for `--rerank`: a folder from `train --itm` or a BLIP ITM model; the "
