@@ -1,4 +1,4 @@
-"""On demand: the cross-fitted ITM reranker experiment (README, "The in-house ITM reranker").
+"""On demand: the cross-fitted ITM reranker experiment (docs/retrieval-quality.md, "The in-house ITM reranker").
 
 Lite heads are retrained on 5 folds of Tux Paint train so every pair has an out-of-fold dual score;
 the reranker trains on 4 folds (negatives mined within a fold), validates on the fifth, and is
