@@ -108,7 +108,7 @@ def _split_data(model: Any, pairs: Sequence[Pair], max_captions: int, cache: Fea
     padded, mask = _pad(text_features(texts, lambda chunk: _token_states(model, chunk), cache, batch=256))
     split = _Split(torch.from_numpy(np.stack([feats[i] for i in ok])) if ok else torch.zeros(0),
                    torch.from_numpy(padded), torch.from_numpy(mask), np.array(owner, np.int64),
-                   _positives([keys[i] for i in ok], texts, owner))  # type: ignore[misc]
+                   _positives([keys[i] for i in ok], texts, owner))  # type: ignore[arg-type]
     with torch.inference_mode():
         split.image_vecs = torch.cat([model.image_vectors(split.patches[s : s + 256].to(model.device)).cpu()
                                       for s in range(0, len(ok), 256)])
