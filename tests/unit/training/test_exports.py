@@ -1,0 +1,49 @@
+"""The training package's public names, its import cost, and the shims at the old module paths."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import searchengine.training
+
+MODULES = ["clip_towers", "contrastive", "datasets", "evaluate", "features", "itm", "lite_heads", "loop", "metrics"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_every_module_exports_what_it_lists(name):
+    module = importlib.import_module(f"searchengine.training.{name}")
+    assert module.__all__ and all(hasattr(module, n) for n in module.__all__)
+
+
+def test_package_exports():
+    assert all(getattr(searchengine.training, n) is not None for n in searchengine.training.__all__)
+
+
+def test_import_loads_no_model_library():
+    code = ("import sys, searchengine.training; "
+            "print(sorted(m for m in ('torch','open_clip','faiss','transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parents[3])
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("old, new", [("train", "contrastive"), ("train_itm", "itm"), ("evaluate", "evaluate"),
+                                      ("datasets", "datasets")])
+def test_old_module_paths_re_export_the_new_objects(old, new):
+    shim = importlib.import_module(f"searchengine.{old}")
+    target = importlib.import_module(f"searchengine.training.{new}")
+    for name in shim.__all__:
+        if name != "ArrayCache":
+            assert getattr(shim, name) is getattr(target, name), name
+
+
+def test_array_cache_is_the_files_layout(tmp_path):
+    from searchengine.train_itm import ArrayCache
+
+    cache = ArrayCache(tmp_path / "c")
+    assert cache.layout == "files" and cache.path == tmp_path / "c"
