@@ -20,6 +20,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Connection
 
@@ -50,8 +51,9 @@ collections = Table(
     Column("next_seq", BigInt, nullable=False, default=1),
     Column("index_seq", BigInt, nullable=False, default=0),
     Column("created_at", Float, nullable=False),
-    Column("text_index_seq", BigInt, nullable=False, server_default="0"),
-    Column("ocr", Integer, nullable=False, server_default="0"),  # 1: read the text in images at ingest
+    # numeric defaults as migration 2 added them (DEFAULT 0, not the string '0')
+    Column("text_index_seq", BigInt, nullable=False, server_default=text("0")),
+    Column("ocr", Integer, nullable=False, server_default=text("0")),  # 1: read the text in images at ingest
     Column("caption_model", Text),  # the model whose generated captions are searchable text
     Column("index_checksum", Text),  # SHA-256 of each index file as written, checked before it is read again
     Column("text_index_checksum", Text),
