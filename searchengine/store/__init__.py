@@ -27,6 +27,7 @@ from .records import (
     value_text,
 )
 from .schema import (
+    BigInt,
     attributes,
     collections,
     file_errors,
@@ -50,6 +51,6 @@ __all__ = [
 #: value normalisation and the schema's version history.
 __all__ += [
     "VectorKind", "as_stored", "outermost", "file_type", "number", "value_text", "casefold", "filter_condition",
-    "IMAGE_FIELDS", "PRODUCT_FIELDS", "MIGRATIONS", "metadata", "schema_version", "collections", "images",
+    "IMAGE_FIELDS", "PRODUCT_FIELDS", "MIGRATIONS", "metadata", "BigInt", "schema_version", "collections", "images",
     "file_errors", "products", "product_images", "attributes", "texts", "generated", "tags", "roots",
 ]
