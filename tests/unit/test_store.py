@@ -125,16 +125,16 @@ def test_a_version_1_store_is_migrated_with_its_rows_kept(store_url):
     from sqlalchemy import create_engine, insert
     from sqlalchemy import text as sql
 
-    from searchengine import store as store_module
+    from searchengine.store import migrations, schema
 
     url = store_url
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url)
     with engine.begin() as conn:
-        store_module.metadata.create_all(conn, tables=[store_module.schema_version])
-        store_module._m001_initial(conn)
-        conn.execute(insert(store_module.schema_version).values(version=1))
+        schema.metadata.create_all(conn, tables=[schema.schema_version])
+        migrations.m001_initial(conn)
+        conn.execute(insert(schema.schema_version).values(version=1))
         conn.execute(sql("INSERT INTO collections (id, name, model_spec, dim, fingerprint, fingerprint_id, index_factory,"
                          " index_note, next_seq, index_seq, created_at) VALUES (1, 'c', 'm', 4, :fp, 'fp', 'Flat', '',"
                          " 2, 1, 0)"), {"fp": b"\0"})
@@ -195,7 +195,9 @@ def test_lookups_by_id_use_the_primary_key_not_a_collection_scan(tmp_path):
     collection id instead, reading every row of the collection (100 ms a query at 1M images)."""
     from sqlalchemy import select
 
-    from searchengine.store import _IMAGE_COLS, _ids_in, images, texts
+    from searchengine.store.database import ids_in as _ids_in
+    from searchengine.store.rows import IMAGE_COLS as _IMAGE_COLS
+    from searchengine.store.schema import images, texts
 
     store = Store(f"sqlite:///{tmp_path / 'plan.db'}")
     with store.engine.connect() as conn:

@@ -22,7 +22,6 @@ from searchengine.store import (
     NewImage,
     ProductWrite,
     Store,
-    _sqlite_wal,
     collections,
     file_errors,
     generated,
@@ -32,6 +31,7 @@ from searchengine.store import (
     roots,
     text_hash,
 )
+from searchengine.store.database import _sqlite_wal
 
 
 def coll(store: Store, name: str = "c", spec: str = "local-dir:/m"):
