@@ -1,16 +1,37 @@
-"""CLI commands for the stages that look closer at images: caption, ask, classify, tag, train-itm.
-
-:func:`register` adds them to the ``searchengine`` app (called once by :mod:`searchengine.cli`).
+"""CLI commands for the stages that look closer at images: ``caption``, ``ask``, ``classify``, ``tag``,
+and ``index --caption``'s pass over a collection.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from .cli import Collection, DataDir, Db, Device, Json, Verbose, _Bar, _echo_json, _errors, _logging, _open
+from ..config import Settings
+from ..engine import SearchEngine
+from ..errors import CollectionNotFoundError, ImageDecodeError, QueryError
+from ..imaging import safe_open
+from ..models.clip import load_default_encoder
+from ..models.vlm import load_vlm
+from ..stages import caption_spec, classify_vectors, generate_cached, read_labels, vqa_spec
+from ..store import Store
+from .options import (
+    Collection,
+    DataDir,
+    Db,
+    Device,
+    Json,
+    ProgressBar,
+    Verbose,
+    echo_json,
+    handle_errors,
+    open_engine,
+    setup_logging,
+)
+
+__all__ = ["caption", "ask", "classify", "tag", "caption_collection"]
 
 CaptionModel = Annotated[Optional[str], typer.Option(
     "--caption-model", envvar="SEARCHENGINE_CAPTION_MODEL", show_default=False,
@@ -22,27 +43,19 @@ VqaModel = Annotated[Optional[str], typer.Option(
 Images = Annotated[list[Path], typer.Argument(help="Image files.", show_default=False)]
 
 
-def _store(collection: str, data_dir: Optional[Path], db: Optional[str], device: str):
+def _store(collection: str, data_dir: Optional[Path], db: Optional[str], device: str) -> SearchEngine | None:
     """The collection when it exists (its model, its cache), else the store alone (cache only)."""
-    from .errors import CollectionNotFoundError
-
     try:
-        return _open(collection, data_dir, db, device)
+        return open_engine(collection, data_dir, db, device)
     except CollectionNotFoundError:
         return None
 
 
 def _generate(kind: str, images: list[Path], question: str | None, model: Optional[str], collection: str,
               data_dir: Optional[Path], db: Optional[str], device: str) -> list[str]:
-    from .config import Settings
-    from .models.vlm import load_vlm
-    from .stages import caption_spec, generate_cached, vqa_spec
-    from .store import Store
-
+    """Captions (``kind`` "caption") or answers to ``question`` for image files, cached in the store."""
     for image in images:
         if not image.is_file():
-            from .errors import QueryError
-
             raise QueryError(f"no such image file: {image}")
     settings = Settings.from_env(collection=collection, data_dir=data_dir, db_url=db, device=device)
     store = Store(settings.database_url)
@@ -62,11 +75,11 @@ def caption(
     db: Db = None, device: Device = "auto", json_out: Json = False, verbose: Verbose = False,
 ) -> None:
     """Describe images in words (BLIP captioning). Captions are cached per image content and model."""
-    _logging(verbose)
-    with _errors():
+    setup_logging(verbose)
+    with handle_errors():
         texts = _generate("caption", images, None, model, collection, data_dir, db, device)
         if json_out:
-            _echo_json([{"path": str(p), "caption": t} for p, t in zip(images, texts)])
+            echo_json([{"path": str(p), "caption": t} for p, t in zip(images, texts)])
             return
         for path, text in zip(images, texts):
             typer.echo(f"{path}: {text}" if len(images) > 1 else text)
@@ -79,15 +92,13 @@ def ask(
     device: Device = "auto", json_out: Json = False, verbose: Verbose = False,
 ) -> None:
     """Answer a question about an image (BLIP visual question answering); answers are cached."""
-    _logging(verbose)
-    with _errors():
-        from .errors import QueryError
-
+    setup_logging(verbose)
+    with handle_errors():
         if not question.strip():
             raise QueryError("empty question")
         answer = _generate("answer", [image], question, model, collection, data_dir, db, device)[0]
         if json_out:
-            _echo_json({"path": str(image), "question": question, "answer": answer})
+            echo_json({"path": str(image), "question": question, "answer": answer})
             return
         typer.echo(answer)
 
@@ -95,14 +106,15 @@ def ask(
 Labels = Annotated[str, typer.Option(
     "--labels", "-l", show_default=False,
     help="Labels: comma-separated (cat,dog,bird) or a file with one label per line.")]
+ClassifyModel = Annotated[Optional[str], typer.Option(
+    "--model", "-m", envvar="SEARCHENGINE_MODEL", show_default=False,
+    help="Dual encoder [default: the collection's model when the collection exists, else the default].")]
 
 
 def classify(
     images: Images, labels: Labels,
     top: Annotated[int, typer.Option("--top", min=1, help="Labels shown per image.")] = 3,
-    model: Annotated[Optional[str], typer.Option(
-        "--model", "-m", envvar="SEARCHENGINE_MODEL", show_default=False,
-        help="Dual encoder [default: the collection's model when the collection exists, else the default].")] = None,
+    model: ClassifyModel = None,
     collection: Collection = "default", data_dir: DataDir = None, db: Db = None, device: Device = "auto",
     json_out: Json = False, verbose: Verbose = False,
 ) -> None:
@@ -110,33 +122,33 @@ def classify(
 
     Probabilities sum to 1 over the given labels: they rank the labels against each other and
     are not calibrated (an image of none of them still gets probabilities that sum to 1)."""
-    _logging(verbose)
-    with _errors():
-        from .imaging import safe_open
-        from .models.clip import load_default_encoder
-        from .stages import classify_vectors, read_labels
-
+    setup_logging(verbose)
+    with handle_errors():
         names = read_labels(labels)
-        engine = None if model else _store(collection, data_dir, db, device)
-        try:
-            encoder = engine.encoder if engine is not None else load_default_encoder(model, device)
-            from .errors import ImageDecodeError, QueryError
-
-            try:
-                pil = [safe_open(p, draft_size=encoder.image_size) for p in images]
-            except ImageDecodeError as exc:
-                raise QueryError(str(exc)) from exc
-            probs = classify_vectors(encoder, encoder.encode_images(pil), names)
-        finally:
-            if engine is not None:
-                engine.close()
+        probs = _label_probabilities(images, names, model, collection, data_dir, db, device)
         results = [sorted(zip(names, map(float, p)), key=lambda x: -x[1])[:top] for p in probs]
         if json_out:
-            _echo_json([{"path": str(p), "labels": [{"label": lab, "probability": pr} for lab, pr in r]}
-                        for p, r in zip(images, results)])
+            echo_json([{"path": str(p), "labels": [{"label": lab, "probability": pr} for lab, pr in r]}
+                       for p, r in zip(images, results)])
             return
         for path, r in zip(images, results):
             typer.echo(f"{path}: " + ", ".join(f"{lab} {pr:.3f}" for lab, pr in r))
+
+
+def _label_probabilities(images: list[Path], names: list[str], model: Optional[str], collection: str,
+                         data_dir: Optional[Path], db: Optional[str], device: str) -> Any:
+    """Per image, the probability of each label under the collection's encoder (or ``model``'s)."""
+    engine = None if model else _store(collection, data_dir, db, device)
+    try:
+        encoder = engine.encoder if engine is not None else load_default_encoder(model, device)
+        try:
+            pil = [safe_open(p, draft_size=encoder.image_size) for p in images]
+        except ImageDecodeError as exc:
+            raise QueryError(str(exc)) from exc
+        return classify_vectors(encoder, encoder.encode_images(pil), names)
+    finally:
+        if engine is not None:
+            engine.close()
 
 
 def tag(
@@ -149,57 +161,24 @@ def tag(
 ) -> None:
     """Tag the whole collection by zero-shot classification of its stored vectors (no image is read
     again); replaces earlier tags. Filter on them with --filter tag=LABEL or --where "tag = 'LABEL'"."""
-    _logging(verbose)
-    with _errors():
-        from .stages import read_labels
-
-        with _open(collection, data_dir, db, device, writable=True) as engine:  # tags replace the old ones
+    setup_logging(verbose)
+    with handle_errors():
+        with open_engine(collection, data_dir, db, device, writable=True) as engine:  # tags replace the old ones
             report = engine.tag(read_labels(labels), threshold=threshold, top=top)
         if json_out:
-            _echo_json(vars(report))
+            echo_json(vars(report))
             return
         typer.echo(f"{report.tags} tags on {report.images} images")
         for label, n in sorted(report.per_label.items(), key=lambda x: -x[1]):
             typer.echo(f"  {label:<24} {n}")
 
 
-def caption_collection(engine, model: Optional[str], show: bool) -> int:
+def caption_collection(engine: SearchEngine, model: Optional[str], show: bool) -> int:
     """``index --caption``: caption the images that have no generated caption yet."""
-    bar = _Bar(enabled=show, desc="Captioning")
+    bar = ProgressBar(enabled=show, desc="Captioning")
     todo = len(engine.store.images_without_generated(engine.collection.id))
     bar.start(todo)
     try:
         return engine.caption_collection(model, progress=bar.advance)
     finally:
         bar.close()
-
-
-def register(app: typer.Typer) -> None:
-    for command in (caption, ask, classify, tag):
-        app.command()(command)
-
-
-def train_itm(pairs, model: str, out: Path, given: dict, val_fraction: float, seed: int, cache: Path, val_pool,
-              device: str, json_out: bool) -> None:
-    """``train --itm``: the cross-attention reranker."""
-    from .train_itm import ItmOptions
-    from .train_itm import train_itm as run
-
-    opts = ItmOptions(val_fraction=val_fraction, seed=seed, **given)
-    bar = _Bar(enabled=not json_out, desc="Features")
-    bar.start(len(pairs))
-
-    def on_epoch(s) -> None:
-        bar.close()
-        if not json_out:
-            typer.echo(f"epoch {s.epoch:>3}  loss {s.loss:.4f}  val reranked R@1 {s.recall_at_1:.3f}  ({s.seconds:.1f}s)")
-
-    report = run(pairs, out=out, base=model, options=opts, device=device, cache_dir=cache, val_pool=val_pool,
-                 on_epoch=on_epoch, progress=bar.advance)
-    bar.close()
-    if json_out:
-        _echo_json(report.to_dict())
-        return
-    typer.echo(f"validation text->image R@1: dual encoder {report.dual_recall_at_1:.3f}, reranked top "
-               f"{report.rerank_top} {report.recall_at_1:.3f} (best epoch {report.best_epoch}); saved to {out} "
-               f"(use search --rerank --rerank-model {out.resolve()})")
