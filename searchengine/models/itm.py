@@ -20,10 +20,11 @@ import os
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence, Union
+from typing import Any, Sequence, Union
 
 import numpy as np
 import torch  # this module is imported only when an ITM model is loaded or trained
+from PIL import Image
 
 from ..errors import ModelLoadError
 from ..imaging import safe_open, to_rgb
@@ -33,9 +34,6 @@ from .lite import build_lite, read_config
 from .registry import ITM_MARKER as MARKER
 from .registry import is_itm_dir, itm_folder, lite_folder
 from .vlm import rank_by_scores
-
-if TYPE_CHECKING:  # pragma: no cover
-    from PIL import Image
 
 __all__ = ["ItmConfig", "CrossAttentionITM", "LiteItmReranker", "is_itm_dir", "load_itm", "save_itm",
            "open_images"]
@@ -111,8 +109,6 @@ class CrossAttentionITM(torch.nn.Module):
 
 def open_images(images: Sequence[ImageLike], size: int) -> list["Image.Image"]:
     """RGB PIL images from PIL images or paths (paths through :func:`searchengine.imaging.safe_open`)."""
-    from PIL import Image
-
     return [to_rgb(im) if isinstance(im, Image.Image) else safe_open(im, draft_size=size) for im in images]
 
 
