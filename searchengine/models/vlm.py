@@ -13,9 +13,8 @@ vqa      :class:`BlipAnswerer`                   ``predict_answers(images, quest
 
 :func:`load_vlm` takes a Hugging Face id (``Salesforce/blip-itm-base-coco``) or a folder written by
 ``save_pretrained`` (the model and its ``BlipProcessor``; ``local-dir:`` optional, see :mod:`.registry`); the
-processor travels with the model. Nothing is
-loaded at import; ``transformers`` is imported on first load. With ``HF_HUB_OFFLINE`` set only local files
-are used. Images are PIL images or paths (opened with :func:`~searchengine.imaging.safe_open`).
+processor travels with the model. Nothing is loaded at import; ``transformers`` is imported on first load.
+With ``HF_HUB_OFFLINE`` set only local files are used. Images are PIL images or paths (opened with :func:`~searchengine.imaging.safe_open`).
 """
 
 from __future__ import annotations
