@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-__all__ = ["Settings", "DEFAULT_MODEL", "LITE_MODEL", "DEFAULT_INDEX_FACTORY", "PRECISIONS", "default_data_dir"]
+__all__ = ["Settings", "StageModels", "DEFAULT_MODEL", "LITE_MODEL", "DEFAULT_INDEX_FACTORY", "PRECISIONS", "default_data_dir"]
 
 DEFAULT_MODEL = "ViT-B-32:laion2b_s34b_b79k"
 #: The offline model new collections fall back to when no model is named and DEFAULT_MODEL cannot be loaded.
@@ -56,6 +56,25 @@ def _env_int(name: str, default: int) -> int:
 
 
 @dataclass(frozen=True)
+class StageModels:
+    """The models of the optional stages, as named by the user; ``None``: the stage's preset
+    (:data:`searchengine.models.registry.STAGE_DEFAULTS`; reranking has none, so it must be named)."""
+
+    rerank: str | None = None
+    caption: str | None = None
+    vqa: str | None = None
+
+    @classmethod
+    def from_env(cls, **overrides: str | None) -> "StageModels":
+        """From ``SEARCHENGINE_RERANK_MODEL`` / ``_CAPTION_MODEL`` / ``_VQA_MODEL``, then ``overrides``
+        (``None`` values ignored). Read once, at the edge (CLI, server start, ``Settings.from_env``)."""
+        env = {task: os.environ.get(f"SEARCHENGINE_{task.upper()}_MODEL") or None
+               for task in ("rerank", "caption", "vqa")}
+        env.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**env)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Resolved configuration of one engine instance.
 
@@ -78,6 +97,8 @@ class Settings:
     decode_timeout: float = 60.0
     #: MB a decode worker may map beyond its start (RLIMIT_AS); -1: 40 bytes a pixel of max_pixels, at least 1 GiB; 0: none
     decode_memory_mb: int = -1
+    #: models of the rerank, caption and VQA stages (``None`` each: the stage's preset)
+    stage_models: StageModels = field(default_factory=StageModels)
 
     def __post_init__(self) -> None:
         if not _COLLECTION_NAME.match(self.collection):
@@ -111,6 +132,7 @@ class Settings:
             "workers": _env_int("SEARCHENGINE_WORKERS", -1),
             "decode_timeout": _env_float("SEARCHENGINE_DECODE_TIMEOUT", 60.0),
             "decode_memory_mb": _env_int("SEARCHENGINE_DECODE_MEMORY_MB", -1),
+            "stage_models": StageModels.from_env(),
         }
         env.update({k: v for k, v in overrides.items() if v is not None})
         if not isinstance(env["data_dir"], Path):

@@ -4,121 +4,37 @@ Embeddings are float32 ``(n, d)``, L2-normalised, compared by inner product. The
 preprocessing that came with the model is split in two: a PIL stage (resize, crop) that
 runs in decode worker processes, and a tensor stage (scale, normalise) that runs batched
 next to the model. :meth:`ClipEncoder.pixels_from_pil` applies both for one image.
+
+:func:`load_encoder` resolves a spec through :mod:`.registry` and loads an open_clip model here
+(:func:`load_open_clip`) or a lite one (:func:`searchengine.models.lite.load_lite_encoder`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from ..config import PRECISIONS
+from ..config import DEFAULT_MODEL, LITE_MODEL, PRECISIONS
 from ..errors import ConfigError, ModelLoadError
+from ..imaging import to_rgb
+from .device import cpu_has_amx, select_device, settle_cpu_precision
+from .hub import check_local_dir, explain_load_failure, hub_download_hopeless
+from .registry import EncoderSpec, ParsedSpec, loader, parse_spec, resolve_encoder
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from PIL import Image
 
-__all__ = ["ClipEncoder", "load_encoder", "load_default_encoder", "parse_spec", "select_device", "PROBE_TEXTS",
-           "PRECISIONS", "cpu_has_amx"]
+__all__ = ["ClipEncoder", "load_encoder", "load_default_encoder", "load_open_clip", "parse_spec", "ParsedSpec",
+           "select_device", "PROBE_TEXTS", "PRECISIONS", "cpu_has_amx", "fingerprint_id", "probes_match"]
 
 log = logging.getLogger(__name__)
 
 PROBE_TEXTS = ("a photo of a dog on a beach", "red sports car")
-#: the least cosine between a reduced-precision embedding and fp32 that ``auto`` accepts
-MIN_PRECISION_COSINE = 0.99
-_WEIGHT_SUFFIXES = ("*.safetensors", "*.bin", "*.pth", "*.pt")
-
-
-@dataclass(frozen=True)
-class ParsedSpec:
-    """``model_name`` and ``pretrained`` as open_clip's factory takes them."""
-
-    spec: str
-    model_name: str
-    pretrained: str | None
-
-
-def parse_spec(spec: str) -> ParsedSpec:
-    """Split a model spec in open_clip's forms.
-
-    ``ARCH:TAG``, ``ARCH:/path/to/weights``, ``hf-hub:org/repo`` and ``local-dir:/path``.
-    A bare ``ARCH`` names no weights and is refused: random weights would make every
-    load of the collection's model a different model.
-    """
-    spec = spec.strip()
-    if not spec:
-        raise ConfigError("empty model spec")
-    if spec.startswith(("hf-hub:", "local-dir:")):
-        schema, _, rest = spec.partition(":")
-        if not rest:
-            raise ConfigError(f"model spec {spec!r} names no {schema} location")
-        if schema == "local-dir":
-            return ParsedSpec(spec, f"local-dir:{Path(rest).expanduser()}", None)
-        return ParsedSpec(spec, spec, None)
-    arch, sep, pretrained = spec.partition(":")
-    if not sep or not pretrained:
-        raise ConfigError(
-            f"model spec {spec!r} names no weights; use ARCH:TAG (e.g. ViT-B-32:laion2b_s34b_b79k), "
-            "ARCH:/path/to/weights, hf-hub:org/repo or local-dir:/path"
-        )
-    if pretrained.startswith("~"):
-        pretrained = str(Path(pretrained).expanduser())
-    return ParsedSpec(spec, arch, pretrained)
-
-
-def select_device(device: str = "auto") -> str:
-    """``auto`` picks cuda, then mps, then cpu; an explicit device must be available."""
-    import torch
-
-    if device == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return "mps"
-        return "cpu"
-    kind = device.split(":")[0]
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but CUDA is not available; use --device cpu")
-    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError(f"device {device!r} requested but MPS is not available; use --device cpu")
-    if kind not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps")
-    return device
-
-
-def _check_local_dir(path: Path, spec: str) -> None:
-    if not path.is_dir():
-        raise ModelLoadError(f"model folder not found for {spec!r}: {path}")
-    if not (path / "open_clip_config.json").is_file():
-        raise ModelLoadError(f"{path} has no open_clip_config.json, so {spec!r} is not an open_clip model folder")
-    if not any(any(path.glob(p)) for p in _WEIGHT_SUFFIXES):
-        raise ModelLoadError(f"{path} has open_clip_config.json but no weights file (.safetensors, .bin, .pth)")
-
-
-def _explain_load_failure(parsed: ParsedSpec, exc: BaseException | None,
-                          why: str = "the download failed (no network?) and they are not in the local cache") -> ModelLoadError:
-    text = str(exc) if exc is not None else ""
-    local = parsed.model_name.startswith("local-dir:") or (parsed.pretrained and Path(parsed.pretrained).is_file())
-    if local and exc is not None:
-        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-        return ModelLoadError(f"cannot load the model {parsed.spec!r} from its files: {first[:300]}")
-    if "not found in built-ins" in text:
-        return ModelLoadError(f"unknown model architecture {parsed.model_name!r} in {parsed.spec!r}")
-    if "not a known tag or valid file path" in text:
-        return ModelLoadError(
-            f"{parsed.pretrained!r} is neither a known pretrained tag of {parsed.model_name} nor an existing file"
-        )
-    return ModelLoadError(
-        f"cannot obtain the weights of {parsed.spec!r}: {why}; "
-        "pass --model local-dir:/path/to/model (a folder with open_clip_config.json and weights) "
-        "or --model ARCH:/path/to/weights.safetensors"
-    )
 
 
 class ClipEncoder:
@@ -175,8 +91,6 @@ class ClipEncoder:
 
     def encode_images(self, images: Sequence["Image.Image"]) -> np.ndarray:
         """Encode RGB PIL images: float32 ``(n, d)``, L2-normalised."""
-        from ..imaging import to_rgb
-
         return self.encode_pixels([self.pixels_from_pil(to_rgb(im)) for im in images])
 
     # -- texts --------------------------------------------------------------------------
@@ -233,46 +147,9 @@ def probes_match(a: np.ndarray, b: np.ndarray, min_cosine: float = 0.99) -> bool
     return bool(np.all(cos >= min_cosine))
 
 
-def _hub_download_hopeless(parsed: ParsedSpec) -> bool:
-    """True when ``parsed`` needs a Hugging Face download that cannot happen: not cached, and
-    offline (``HF_HUB_OFFLINE`` or the hub's host does not resolve). Saves a minute of retries."""
-    import os
-    import socket
-
-    import open_clip
-
-    if parsed.model_name.startswith("hf-hub:"):
-        repo, files = parsed.model_name[len("hf-hub:"):], ["open_clip_config.json"]
-    elif parsed.pretrained and not os.path.isfile(parsed.pretrained):
-        cfg = open_clip.get_pretrained_cfg(parsed.model_name, parsed.pretrained) or {}
-        if not cfg.get("hf_hub"):
-            return False
-        repo, name = os.path.split(cfg["hf_hub"])  # "org/repo/" -> ("org/repo", "")
-        name = name or "open_clip_pytorch_model.bin"
-        files = [name, name.rsplit(".", 1)[0] + ".safetensors", "open_clip_model.safetensors"]
-    else:
-        return False
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return False
-    if any(isinstance(try_to_load_from_cache(repo, f), str) for f in files):
-        return False
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return True
-    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("//")[-1].split("/")[0].split(":")[0]
-    try:
-        socket.getaddrinfo(host, 443)
-    except (socket.gaierror, UnicodeError):
-        return True
-    return False
-
-
 def load_default_encoder(spec: str | None, device: str = "auto", precision: str = "auto") -> ClipEncoder:
     """``spec``'s model; with no spec, the default CLIP, or the offline ``lite`` when that cannot be
     loaded (said in one warning). An explicit spec never falls back."""
-    from ..config import DEFAULT_MODEL, LITE_MODEL
-
     if spec:
         return load_encoder(spec, device, precision)
     try:
@@ -284,122 +161,54 @@ def load_default_encoder(spec: str | None, device: str = "auto", precision: str 
 
 
 def load_encoder(spec: str, device: str = "auto", precision: str = "auto") -> ClipEncoder:
-    """Load the model named by ``spec`` on ``device``; errors say what to pass instead.
+    """Load the model named by ``spec`` (:func:`searchengine.models.registry.resolve_encoder`) on
+    ``device``; errors say what to pass instead.
 
     ``precision`` (:data:`PRECISIONS`): ``auto`` runs fp16 on CUDA, bf16 on CPUs with AMX when the
     model's probe embeddings stay within cosine 0.99 of fp32 (checked at load), else fp32.
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-    encoder = _load(spec, device, precision)
+    resolved = resolve_encoder(spec)
+    if resolved.family == "open_clip" and resolved.parsed is not None:
+        _check_reachable(resolved.parsed)
+    encoder = loader(resolved.family)(resolved, select_device(device), precision)
     log.info("model %s on %s: %s", spec, encoder.device, encoder.precision_note or encoder.precision)
     return encoder
 
 
-def _load(spec: str, device: str, precision: str) -> ClipEncoder:
-    from .lite import resolve_lite
-
-    lite_dir = resolve_lite(spec.strip())
-    if lite_dir is not None:
-        return _load_lite(spec, lite_dir, select_device(device), precision)
-    parsed = parse_spec(spec)
+def _check_reachable(parsed: ParsedSpec) -> None:
+    """Fail fast, before torch loads, when the weights cannot be had."""
     if parsed.model_name.startswith("local-dir:"):
-        _check_local_dir(Path(parsed.model_name.partition(":")[2]), spec)
-    elif _hub_download_hopeless(parsed):
-        raise _explain_load_failure(parsed, None, "they are not in the local cache and the model hub cannot be reached")
-    resolved = select_device(device)
+        check_local_dir(Path(parsed.model_name.partition(":")[2]), parsed.spec)
+    elif hub_download_hopeless(parsed):
+        raise explain_load_failure(parsed, None, "they are not in the local cache and the model hub cannot be reached")
+
+
+def load_open_clip(resolved: EncoderSpec, device: str, precision: str) -> ClipEncoder:
+    """An open_clip model on ``device`` (a resolved device): fp16 on CUDA under ``auto``; on CPU see
+    :func:`searchengine.models.device.settle_cpu_precision`."""
     import open_clip
     import torch
     from safetensors import SafetensorError
 
-    on_cuda = resolved.startswith("cuda")
+    parsed = resolved.parsed if resolved.parsed is not None else parse_spec(resolved.spec)
+    on_cuda = device.startswith("cuda")
     built = {"auto": "fp16", "fp16": "fp16", "bf16": "bf16"}.get(precision, "fp32") if on_cuda else "fp32"
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
-            parsed.model_name, pretrained=parsed.pretrained, device=resolved, precision=built)
+            parsed.model_name, pretrained=parsed.pretrained, device=device, precision=built)
         tokenizer = open_clip.get_tokenizer(parsed.model_name)
     except (RuntimeError, ValueError, OSError, KeyError, SafetensorError) as exc:
-        raise _explain_load_failure(parsed, exc) from exc
+        raise explain_load_failure(parsed, exc) from exc
     model.eval()
     torch.set_flush_denormal(True)
-    encoder = ClipEncoder(spec, model, preprocess, tokenizer, resolved)
+    encoder = ClipEncoder(resolved.spec, model, preprocess, tokenizer, device)
     if on_cuda:
-        encoder.precision_note = f"{built} on {resolved}"
-    elif precision in ("bf16", "fp16"):
-        _reduce_precision(encoder, precision, check=False)
-    elif precision == "auto" and resolved == "cpu" and cpu_has_amx():
-        _reduce_precision(encoder, "bf16", check=True)
+        encoder.precision_note = f"{built} on {device}"
     else:
-        encoder.precision_note = "fp32" + ("" if precision == "fp32" or resolved != "cpu" else
-                                           " (this CPU has no AMX, where bf16 would pay)")
+        settle_cpu_precision(encoder, precision, device)
     return encoder
-
-
-def _load_lite(spec: str, folder: Path, device: str, precision: str) -> ClipEncoder:
-    import torch
-
-    from .lite import build_lite
-
-    model, preprocess, tokenizer = build_lite(folder)
-    model = model.to(device)
-    if device.startswith("cuda"):
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float32 if precision == "fp32" else torch.float16
-        encoder = ClipEncoder(spec, model.to(dtype), preprocess, tokenizer, device)
-        encoder.precision_note = f"{encoder.precision} on {device}"
-        return encoder
-    if precision in ("bf16", "fp16"):
-        encoder = ClipEncoder(spec, model, preprocess, tokenizer, device)
-        _reduce_precision(encoder, precision, check=False)
-        return encoder
-    # fp32 on CPU: bf16 moved lite's embeddings to cosine 0.92 on real photos (its ConSE branch ranks
-    # ImageNet classes), so auto keeps fp32, traced and frozen in channels-last (about 2x faster)
-    fast = device == "cpu" and model.speed_up_for_cpu()
-    torch.set_flush_denormal(True)
-    encoder = ClipEncoder(spec, model, preprocess, tokenizer, device, micro_batch=LITE_CPU_MICRO_BATCH if fast else None)
-    encoder.precision_note = "fp32" + (" (bf16 is too coarse for lite; trunk traced, channels-last)" if fast else "")
-    return encoder
-
-
-#: lite's convolutions run fastest on small batches on CPU (measured: 4 > 8 > 16 images per call)
-LITE_CPU_MICRO_BATCH = 4
-
-
-def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX tiles (Intel Sapphire Rapids and later): bf16 matmuls there run ~4x fp32."""
-    import torch
-
-    init = getattr(getattr(torch._C, "_cpu", None), "_init_amx", None)
-    try:
-        return bool(init()) if init is not None else False
-    except RuntimeError:
-        return False
-
-
-def _reduce_precision(encoder: ClipEncoder, precision: str, check: bool) -> None:
-    """Run ``encoder``'s model in bf16/fp16 on CPU; with ``check``, only if the probe stays within
-    :data:`MIN_PRECISION_COSINE` of fp32 (else it stays fp32, and the note says why)."""
-    import copy
-
-    import torch
-
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    reference = encoder.probe() if check else None
-    original = encoder.model, encoder.dtype
-    encoder.model, encoder.dtype = copy.deepcopy(encoder.model).to(dtype), dtype
-    if reference is None:
-        encoder.precision_note = f"{precision} (asked for)"
-        return
-    try:
-        cosine = float(np.min(np.sum(encoder.probe() * reference, axis=1)))
-    except (RuntimeError, TypeError) as exc:  # an op without a bf16 kernel: stay fp32
-        encoder.model, encoder.dtype = original
-        encoder.precision_note = f"fp32 ({precision} failed: {str(exc).splitlines()[0][:120]})"
-        return
-    if cosine < MIN_PRECISION_COSINE:
-        encoder.model, encoder.dtype = original
-        encoder.precision_note = f"fp32 ({precision} probe cosine {cosine:.4f} < {MIN_PRECISION_COSINE})"
-    else:
-        encoder.precision_note = f"{precision} (AMX; probe cosine {cosine:.5f} to fp32)"
 
 
 def _trimmable(model: Any) -> bool:

@@ -17,22 +17,27 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence, Union
+from typing import Any, Sequence, Union
 
 import numpy as np
 import torch  # this module is imported only when an ITM model is loaded or trained
+from PIL import Image
 
 from ..errors import ModelLoadError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from PIL import Image
+from ..imaging import safe_open, to_rgb
+from .backbones import mean_pool
+from .device import select_device
+from .lite import build_lite, read_config
+from .registry import ITM_MARKER as MARKER
+from .registry import is_itm_dir, itm_folder, lite_folder
+from .vlm import rank_by_scores
 
 __all__ = ["ItmConfig", "CrossAttentionITM", "LiteItmReranker", "is_itm_dir", "load_itm", "save_itm",
            "open_images"]
 
-MARKER = "searchengine_itm.json"
 WEIGHTS = "itm.safetensors"
 ImageLike = Union["Image.Image", str, os.PathLike]
 
@@ -50,8 +55,6 @@ class ItmConfig:
 
     @classmethod
     def from_json(cls, path: Path) -> "ItmConfig":
-        from .lite import read_config
-
         return read_config(cls, path, "itm")
 
 
@@ -106,10 +109,6 @@ class CrossAttentionITM(torch.nn.Module):
 
 def open_images(images: Sequence[ImageLike], size: int) -> list["Image.Image"]:
     """RGB PIL images from PIL images or paths (paths through :func:`searchengine.imaging.safe_open`)."""
-    from PIL import Image
-
-    from ..imaging import safe_open, to_rgb
-
     return [to_rgb(im) if isinstance(im, Image.Image) else safe_open(im, draft_size=size) for im in images]
 
 
@@ -120,11 +119,7 @@ class LiteItmReranker:
 
     def __init__(self, spec: str, head: CrossAttentionITM, device: str = "cpu", batch_size: int = 32,
                  cache_size: int = 512) -> None:
-        from collections import OrderedDict
-
-        from .lite import build_lite, resolve_lite
-
-        folder = resolve_lite(head.cfg.base)
+        folder = lite_folder(head.cfg.base)
         if folder is None:
             raise ModelLoadError(f"the ITM model {spec!r} names the base {head.cfg.base!r}, which is not a lite model")
         self.spec = spec
@@ -165,8 +160,6 @@ class LiteItmReranker:
         return self.lite.project_image(self.lite.pooled_features(fmap))
 
     def text_vectors(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        from .backbones import mean_pool
-
         return self.lite.project_text(torch.nn.functional.normalize(mean_pool(states.float(), mask), dim=-1))
 
     # -- scoring --------------------------------------------------------------------------
@@ -204,8 +197,6 @@ class LiteItmReranker:
     def rank(self, query: str, candidates: Sequence[tuple[int, ImageLike]],
              top_k: int | None = None) -> list[tuple[int, float]]:
         """Candidates ``(id, image or path)`` by match probability with ``query``, best first."""
-        from .vlm import rank_by_scores
-
         return rank_by_scores(candidates, self.score(query, [image for _, image in candidates]), top_k)
 
 
@@ -217,10 +208,6 @@ def _file_key(image: ImageLike) -> tuple | None:
     except OSError:
         return None  # opening it reports the error
     return (os.fspath(image), st.st_size, st.st_mtime_ns)
-
-
-def is_itm_dir(path: Path) -> bool:
-    return (Path(path) / MARKER).is_file()
 
 
 def save_itm(head: CrossAttentionITM, folder: Path, extra: dict[str, Any] | None = None) -> Path:
@@ -250,10 +237,8 @@ def load_head(folder: Path) -> CrossAttentionITM:
 
 def load_itm(spec: str, device: str = "auto", batch_size: int = 32) -> LiteItmReranker:
     """The ITM reranker in folder ``spec`` (``local-dir:`` prefix optional)."""
-    from .clip import select_device
-
-    folder = Path(spec[len("local-dir:"):] if spec.startswith("local-dir:") else spec).expanduser()
-    if not is_itm_dir(folder):
-        raise ModelLoadError(f"{folder} is not an ITM model folder (no {MARKER}); train one with "
+    folder = itm_folder(spec)
+    if folder is None:
+        raise ModelLoadError(f"{spec} is not an ITM model folder (no {MARKER}); train one with "
                              "`searchengine train --itm DATA --out FOLDER`")
     return LiteItmReranker(str(folder.resolve()), load_head(folder), select_device(device), batch_size)

@@ -12,9 +12,9 @@ vqa      :class:`BlipAnswerer`                   ``predict_answers(images, quest
 =======  ======================================  ===============================================
 
 :func:`load_vlm` takes a Hugging Face id (``Salesforce/blip-itm-base-coco``) or a folder written by
-``save_pretrained`` (the model and its ``BlipProcessor``); the processor travels with the model. Nothing is
-loaded at import; ``transformers`` is imported on first load. With ``HF_HUB_OFFLINE`` set only local files
-are used. Images are PIL images or paths (opened with :func:`~searchengine.imaging.safe_open`).
+``save_pretrained`` (the model and its ``BlipProcessor``; ``local-dir:`` optional, see :mod:`.registry`); the
+processor travels with the model. Nothing is loaded at import; ``transformers`` is imported on first load.
+With ``HF_HUB_OFFLINE`` set only local files are used. Images are PIL images or paths (opened with :func:`~searchengine.imaging.safe_open`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Literal, Sequence, Un
 import numpy as np
 
 from ..errors import ConfigError, ModelLoadError, QueryError
-from .clip import select_device
+from ..imaging import safe_open, to_rgb
+from .backbones import quiet_hf_progress
+from .device import select_device
+from .hub import hub_offline
+from .registry import local_path
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -170,10 +174,6 @@ def load_vlm(spec: str, task: VlmTask, device: str = "auto",
 
 
 # -- loading ---------------------------------------------------------------------------------------
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def _hint(task: str) -> str:
     cls, option, example = _TASKS[task]
     return f"pass a folder made by save_pretrained ({cls} + BlipProcessor), e.g. {option} {example}"
@@ -189,8 +189,8 @@ def _locate(spec: str, task: str) -> str:
     text = spec.strip()
     if not text:
         raise ConfigError(f"empty BLIP model spec; {_hint(task)}")
-    path = Path(text).expanduser()
-    if path.exists() or text.startswith(("/", ".", "~")) or "\\" in text or text.count("/") > 1:
+    path = local_path(text)
+    if path is not None:
         if not path.is_dir():
             raise ModelLoadError(f"BLIP model folder {spec!r} does not exist; {_hint(task)}")
         config_file, source = path / "config.json", str(path)
@@ -200,7 +200,7 @@ def _locate(spec: str, task: str) -> str:
         from transformers.utils import cached_file
 
         try:
-            config_file, source = Path(cached_file(text, "config.json", local_files_only=_offline())), text
+            config_file, source = Path(cached_file(text, "config.json", local_files_only=hub_offline())), text
         except _LOAD_ERRORS as exc:
             raise _not_found(spec, task, exc) from exc
     try:
@@ -223,7 +223,7 @@ def _check_task(config: dict[str, Any], spec: str, task: str) -> None:
 
 
 def _not_found(spec: str, task: str, exc: BaseException) -> ModelLoadError:
-    if _offline():
+    if hub_offline():
         why = "is not in the Hugging Face cache (offline)"
     else:
         why = f"cannot be downloaded ({_first_line(exc)})"
@@ -238,13 +238,11 @@ def _load(source: str, spec: str, task: str, device: str) -> tuple[Any, Any]:
     model_class = getattr(transformers, _TASKS[task][0])
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     local = Path(source).is_dir()
-    from .backbones import quiet_hf_progress
-
     try:
         with quiet_hf_progress():
-            model, info = model_class.from_pretrained(source, dtype=dtype, local_files_only=_offline(),
+            model, info = model_class.from_pretrained(source, dtype=dtype, local_files_only=hub_offline(),
                                                       output_loading_info=True)
-            processor = transformers.BlipProcessor.from_pretrained(source, local_files_only=_offline())
+            processor = transformers.BlipProcessor.from_pretrained(source, local_files_only=hub_offline())
     except (*_LOAD_ERRORS, SafetensorError) as exc:
         if not local and isinstance(exc, OSError):
             raise _not_found(spec, task, exc) from exc
@@ -269,8 +267,6 @@ def _require_text(text: str, what: str) -> None:
 
 
 def _rgb(image: ImageInput) -> "Image.Image":
-    from ..imaging import safe_open, to_rgb
-
     if isinstance(image, (str, os.PathLike)):
         return safe_open(image)
     return to_rgb(image)

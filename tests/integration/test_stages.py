@@ -94,6 +94,8 @@ def test_rerank_needs_words_and_a_loadable_model(colours, blip, monkeypatch):
             engine.search("red", rerank="Salesforce/no-such-blip-itm")
         with pytest.raises(ModelLoadError, match="not a BLIP"):  # a captioning folder is no ITM model
             engine.search("red", rerank=blip["caption"])
+        with pytest.raises(ModelLoadError, match="--rerank-model"):  # no reranker ships: it must be named
+            engine.search("red", rerank=True)
 
 
 class FlipReranker:

@@ -7,8 +7,9 @@ import pytest
 
 from searchengine.config import Settings
 from searchengine.errors import ConfigError
-from searchengine.models import clip
-from searchengine.models.clip import cpu_has_amx, load_encoder
+from searchengine.models import clip, device
+from searchengine.models.clip import load_encoder
+from searchengine.models.device import cpu_has_amx
 from tests import imagegen
 
 TEXTS = ["a cat on a sofa", "red sports car", "a bowl of fruit"]
@@ -35,8 +36,8 @@ def test_auto_precision_uses_bf16_on_amx_cpus_and_stays_close_to_fp32(tiny_model
 
 
 def test_auto_keeps_fp32_when_reduced_precision_drifts(tiny_model, monkeypatch):
-    monkeypatch.setattr(clip, "cpu_has_amx", lambda: True)
-    monkeypatch.setattr(clip, "MIN_PRECISION_COSINE", 1.5)  # no bf16 probe can reach this
+    monkeypatch.setattr(device, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(device, "MIN_PRECISION_COSINE", 1.5)  # no bf16 probe can reach this
     enc = load_encoder(tiny_model, "cpu")
     assert enc.precision == "fp32"
     assert "probe cosine" in enc.precision_note and "< 1.5" in enc.precision_note
@@ -60,8 +61,10 @@ def test_unknown_precision_is_refused(tiny_model):
 
 
 def test_lite_runs_fp32_with_a_traced_trunk_equal_to_eager():
+    from searchengine.models.lite import LITE_CPU_MICRO_BATCH
+
     enc = load_encoder("lite", "cpu")
-    assert enc.precision == "fp32" and enc.micro_batch == clip.LITE_CPU_MICRO_BATCH
+    assert enc.precision == "fp32" and enc.micro_batch == LITE_CPU_MICRO_BATCH
     pixels = [enc.pixels_from_pil(imagegen.photo_image(i)) for i in range(6)]  # 6: two micro-batches
     fast = enc.encode_pixels(pixels)
     enc.model.__dict__.pop("_fast_trunk")
@@ -98,7 +101,7 @@ def test_a_model_that_fails_in_bf16_stays_fp32(tiny_model, monkeypatch):
             raise RuntimeError("no bf16 kernel for this op")
         return real_probe(self)
 
-    monkeypatch.setattr(clip, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(device, "cpu_has_amx", lambda: True)
     monkeypatch.setattr(clip.ClipEncoder, "probe", probe)
     enc = load_encoder(tiny_model, "cpu")
     assert enc.precision == "fp32" and "bf16 failed" in enc.precision_note
