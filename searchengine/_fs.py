@@ -18,7 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Callable, Iterable
 
-__all__ = ["AtomicFile", "write_atomic", "write_bytes_atomic", "file_checksum", "fsync_dir", "fsync_file",
+__all__ = ["AtomicFile", "Sink", "write_atomic", "write_bytes_atomic", "file_checksum", "fsync_dir", "fsync_file",
            "temp_files", "remove_stale_temps", "remove_stale", "writer_pid", "pid_alive"]
 
 #: what ``write_atomic``'s producer is handed: it writes one chunk of the file's bytes

@@ -82,8 +82,6 @@ def build_ondisk(factory: str, dim: int, path: Path, sample: np.ndarray, sample_
     :meth:`~OnDiskIndex.save` writes the delta and gives the record for the store.
 
     Raises :class:`VectorIndexError` (``path`` and its data left as they were) if any step fails."""
-    import faiss
-
     stats = stats if stats is not None else BuildStats()
     inner = base_factory(factory)
     path = Path(path)
@@ -102,11 +100,7 @@ def build_ondisk(factory: str, dim: int, path: Path, sample: np.ndarray, sample_
         started = time.perf_counter()
         shards = [str(s) for s in _write_shards(trained, dim, chunks, work, options.shard_size, truth, stats)]
         stats.add_s = time.perf_counter() - started
-        started = time.perf_counter()
-        merged = faiss.deserialize_index(trained)
-        _merge(merged, shards, data)
-        fsync_file(data)
-        stats.merge_s = time.perf_counter() - started
+        merged = _merge(trained, shards, data, stats)
         started = time.perf_counter()
         stats.nprobe, stats.recall_at_10 = tune_nprobe(merged, queries, query_ids, truth.ranked(), min_gain=_MIN_GAIN)
         stats.tune_s = time.perf_counter() - started
@@ -178,12 +172,16 @@ def _write_shards(trained: np.ndarray, dim: int, chunks: Iterable[tuple[np.ndarr
         yield _write_shard(shard, work, stats)
 
 
-def _merge(index: Any, shards: list[str], data: Path) -> None:
-    """faiss.contrib.ondisk.merge_ondisk, except that the shards' mapped lists are released afterwards
+def _merge(trained: Any, shards: list[str], data: Path, stats: BuildStats) -> Any:
+    """A copy of the trained index whose lists are the shards' merged into ``data`` (fsynced).
+
+    As faiss.contrib.ondisk.merge_ondisk, except that the shards' mapped lists are released afterwards
     (merge_ondisk leaves them mapped for the life of the process, which also keeps the deleted shard
     files' disk space in use)."""
     import faiss
 
+    started = time.perf_counter()
+    index = faiss.deserialize_index(trained)
     parts = [faiss.read_index(name, faiss.IO_FLAG_MMAP) for name in shards]
     lists = faiss.InvertedListsPtrVector()
     for part in parts:
@@ -196,6 +194,9 @@ def _merge(index: Any, shards: list[str], data: Path) -> None:
     ivf.replace_invlists(ondisk_lists, True)
     ondisk_lists.this.disown()
     del lists, parts  # each shard index owns its lists: unmapped here
+    fsync_file(data)
+    stats.merge_s = time.perf_counter() - started
+    return index
 
 
 def _write_shard(shard: Any, work: Path, stats: BuildStats) -> Path:
