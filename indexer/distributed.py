@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Iterator, Protocol
 
 import numpy as np
 
+from searchengine._fs import write_bytes_atomic
 from searchengine.errors import ConfigError, ModelMismatchError
 
 from .pipeline import Decoded, DecodeOptions, decode_all
@@ -177,16 +178,7 @@ def part_bytes(part: Part) -> bytes:
 
 def write_part(path: Path, data: bytes) -> None:
     """Write a part file atomically: a temporary name in the same folder, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_bytes_atomic(path, data)
 
 
 def read_part(path: Path | bytes) -> Part:

@@ -14,7 +14,6 @@ import http.client
 import os
 import socket
 import ssl
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 from urllib.parse import quote, urlsplit
 
+from searchengine._fs import AtomicFile
 from searchengine.errors import DownloadError
 
 __all__ = ["FetchOptions", "cache_path", "fetch", "fetch_many"]
@@ -34,7 +34,6 @@ CACHE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", 
                               ".avif"})
 MAX_REDIRECTS = 5
 _CHUNK = 64 * 1024
-_TEMP_PREFIX = ".part-"
 _URL_SAFE = "/:?#[]@!$&'()*+,;=%~"  # what stays as is; spaces and non-ASCII are percent-encoded (UTF-8)
 
 
@@ -170,23 +169,19 @@ def _download(url: str, target: Path, options: FetchOptions) -> None:
             if length and length.strip().isdigit() and int(length) > options.max_bytes:
                 raise _Fail(f"{limit} ({int(length):,} bytes)")
             with _writing(folder):
-                fd, temp = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=folder)
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    size = 0
-                    while chunk := response.read(_CHUNK):  # network errors: handled below
-                        size += len(chunk)
-                        if size > options.max_bytes:
-                            raise _Fail(limit)
-                        with _writing(folder):
-                            out.write(chunk)
+                out = AtomicFile(target, durable=False)  # a cache: atomic, not fsynced
+            with out:  # removed on any error
+                size = 0
+                while chunk := response.read(_CHUNK):  # network errors: handled below
+                    size += len(chunk)
+                    if size > options.max_bytes:
+                        raise _Fail(limit)
+                    with _writing(folder):
+                        out.file.write(chunk)
                 if size == 0:
                     raise _Fail("the server sent an empty response")
                 with _writing(folder):
-                    os.replace(temp, target)
-            except BaseException:
-                _unlink(temp)
-                raise
+                    out.commit()
     except urllib.error.HTTPError as exc:
         exc.close()
         message = f"HTTP {exc.code} {exc.reason}".rstrip()
@@ -217,10 +212,3 @@ def _classify(reason: object) -> _Retry | _Fail:
     if isinstance(reason, http.client.HTTPException):
         return _Retry(f"bad HTTP response: {type(reason).__name__} {reason}".rstrip())
     return _Fail(str(reason))
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

@@ -9,12 +9,11 @@ as JPEG. Originals are served with a type sniffed from their bytes, never SVG, w
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from .._fs import AtomicFile
 from ..engine import SearchEngine
 from ..errors import ImageDecodeError, NotFoundError
 from ..imaging import safe_open
@@ -48,15 +47,8 @@ def thumbnail_file(engine: SearchEngine, image_id: int, size: int) -> Path:
         return target
     image = safe_open(real, max_pixels=engine.settings.max_pixels, draft_size=size)
     image.thumbnail((size, size))
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fp:
-            image.save(fp, "JPEG", quality=85, optimize=True)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with AtomicFile(target, durable=False) as out:  # a cache: atomic, not fsynced
+        image.save(out.file, "JPEG", quality=85, optimize=True)
     return target
 
 

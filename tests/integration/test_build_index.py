@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from searchengine import SearchEngine, ondisk
+from searchengine import SearchEngine
 from searchengine.cli import app
 from searchengine.errors import ConfigError, VectorIndexError
+from searchengine.index import ondisk, ondisk_build
 from searchengine.store import NewImage
 from searchengine.search.ranking import vector_ranking
 
@@ -201,7 +202,7 @@ def test_removals_survive_a_reopen_which_then_reads_no_ids(big, monkeypatch):
     """The hidden ids are saved with the delta: an open after removals counts the index right, so
     it needs neither the store's ids nor the lists' (100M each at that scale)."""
     from searchengine.store import Store
-    from searchengine.vectors import VectorIndex
+    from searchengine.index import VectorIndex
 
     with SearchEngine.open(COLL, data_dir=big, writable=True) as writer:
         gone = writer.store.live_ids(writer.collection.id)[:3].tolist()
@@ -216,7 +217,8 @@ def test_removals_survive_a_reopen_which_then_reads_no_ids(big, monkeypatch):
 
     with monkeypatch.context() as m:
         m.setattr(Store, "live_ids", refuse)
-        m.setattr(VectorIndex, "ids", refuse)  # the lists' ids (OnDiskIndex.base_ids)
+        m.setattr(VectorIndex, "ids", refuse)  # the delta's ids
+        m.setattr(ondisk, "index_ids", refuse)  # the lists' ids (OnDiskIndex.base_ids)
         with SearchEngine.open(COLL, data_dir=big) as reader:
             assert reader.index.ntotal == 4997 and reader.index.hidden == 3
     with SearchEngine.open(COLL, data_dir=big) as reader:
@@ -238,8 +240,8 @@ def test_a_tampered_data_file_is_refused_before_faiss_reads_it_and_rebuilt(big, 
     blob[100] ^= 0xFF
     data.write_bytes(bytes(blob))
     parsed = []
-    real = ondisk._read_base
-    monkeypatch.setattr(ondisk, "_read_base", lambda *a: parsed.append(a) or real(*a))
+    real = ondisk.read_base
+    monkeypatch.setattr(ondisk, "read_base", lambda *a: parsed.append(a) or real(*a))
     with pytest.raises(VectorIndexError, match="built on disk by a writer"):
         SearchEngine.open(COLL, data_dir=big)  # a reader cannot rebuild; it never parses the file
     assert parsed == []
@@ -264,8 +266,8 @@ def test_a_build_cut_short_leaves_the_previous_index_whole(big, monkeypatch):
             raise OSError(28, "No space left on device")
         return real(shard, work, stats)
 
-    real = ondisk._write_shard
-    monkeypatch.setattr(ondisk, "_write_shard", crash)
+    real = ondisk_build._write_shard
+    monkeypatch.setattr(ondisk_build, "_write_shard", crash)
     with SearchEngine.open(COLL, data_dir=big, writable=True) as engine:
         with pytest.raises(VectorIndexError, match="previous index is unchanged"):
             engine.build_index("IVF32,PQ8", shard_size=1000)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from searchengine import vectors
-from searchengine.vectors import VectorIndex, choose_factory, needs_rechoice
+from searchengine.index import FALLBACK_NOTE, VectorIndex, choose_factory, memory, needs_rechoice
+from searchengine.index import factory as policy
 
 DIM = 64
 
@@ -28,7 +28,7 @@ def recall_at_10(index: VectorIndex, data: np.ndarray, ids: np.ndarray, queries:
 
 def test_choice_by_size():
     assert choose_factory(10) == "Flat"
-    assert choose_factory(vectors.AUTO_EXACT_LIMIT - 1) == "Flat"
+    assert choose_factory(policy.AUTO_EXACT_LIMIT - 1) == "Flat"
     assert choose_factory(1_000_000) == "IVF1024,SQfp16"
     assert choose_factory(10_000_000) == "IVF4096,SQfp16"
 
@@ -37,11 +37,11 @@ def test_small_collections_search_exactly():
     data = clustered(500, 0)
     index = VectorIndex.build("auto", DIM, np.arange(500), data)
     assert (index.factory, index.chosen, index.inner_type, index.nprobe) == ("auto", "Flat", "IndexFlatIP", None)
-    assert index.note == f"auto: exact Flat search below {vectors.AUTO_EXACT_LIMIT:,} vectors"
+    assert index.note == f"auto: exact Flat search below {policy.AUTO_EXACT_LIMIT:,} vectors"
 
 
 def test_large_collections_get_an_ivf_tuned_to_the_target_recall(monkeypatch, tmp_path):
-    monkeypatch.setattr(vectors, "AUTO_EXACT_LIMIT", 2_000)
+    monkeypatch.setattr(policy, "AUTO_EXACT_LIMIT", 2_000)
     data, ids = clustered(20_000, 1), np.arange(1, 20_001) * 7
     index = VectorIndex.build("auto", DIM, ids, data)
     assert index.chosen == "IVF128,SQfp16" and index.inner_type == "IndexIVFScalarQuantizer"
@@ -57,7 +57,7 @@ def test_large_collections_get_an_ivf_tuned_to_the_target_recall(monkeypatch, tm
 
 
 def test_rechoice_when_the_size_moves(monkeypatch):
-    monkeypatch.setattr(vectors, "AUTO_EXACT_LIMIT", 1_000)
+    monkeypatch.setattr(policy, "AUTO_EXACT_LIMIT", 1_000)
     small = VectorIndex.build("auto", DIM, np.arange(900), clustered(900, 3))
     assert not needs_rechoice(small)
     small.add(np.arange(900, 1_100), clustered(200, 4))  # crossed the limit
@@ -75,7 +75,7 @@ def test_rechoice_when_the_size_moves(monkeypatch):
 def test_collection_status_shows_the_choice(run, photos, monkeypatch):
     from searchengine import SearchEngine
 
-    monkeypatch.setattr(vectors, "AUTO_EXACT_LIMIT", 4)
+    monkeypatch.setattr(policy, "AUTO_EXACT_LIMIT", 4)
     run(photos)
     with SearchEngine.open("test") as engine:
         st = engine.status()
@@ -86,12 +86,12 @@ def test_collection_status_shows_the_choice(run, photos, monkeypatch):
 
 @pytest.mark.parametrize("factory", ["auto", "IDMap2,auto"])
 def test_auto_is_a_factory_name(factory):
-    assert vectors.normalize_factory(factory) == "auto"
+    assert policy.normalize_factory(factory) == "auto"
     assert VectorIndex.create(factory, DIM).ntotal == 0
 
 
 def test_an_inverted_file_goes_back_to_exact_search_only_well_below_the_limit(monkeypatch):
-    monkeypatch.setattr(vectors, "AUTO_EXACT_LIMIT", 4_000)
+    monkeypatch.setattr(policy, "AUTO_EXACT_LIMIT", 4_000)
     ivf = VectorIndex.build("auto", DIM, np.arange(4_000), clustered(4_000, 9))
     assert ivf.chosen.startswith("IVF")
     ivf.remove(range(1_000))  # 3,000 left: below the limit, above half of it
@@ -101,15 +101,15 @@ def test_an_inverted_file_goes_back_to_exact_search_only_well_below_the_limit(mo
 
 
 def test_an_auto_index_that_cannot_train_yet_searches_exactly_and_says_so(monkeypatch):
-    monkeypatch.setattr(vectors, "choose_factory", lambda n: "IVF4096,SQfp16")  # more lists than vectors
+    monkeypatch.setattr(memory, "choose_factory", lambda n: "IVF4096,SQfp16")  # more lists than vectors
     index = VectorIndex.build("auto", DIM, np.arange(300), clustered(300, 10))
-    assert index.untrained_fallback and index.note.startswith(vectors.FALLBACK_NOTE)
+    assert index.untrained_fallback and index.note.startswith(FALLBACK_NOTE)
     assert index.chosen == "Flat" and index.ntotal == 300
     assert not needs_rechoice(index)  # the writer rebuilds it when vectors are added
 
 
 def test_tiny_inverted_files_calibrate_on_what_there_is(monkeypatch):
-    monkeypatch.setattr(vectors, "AUTO_EXACT_LIMIT", 4)
+    monkeypatch.setattr(policy, "AUTO_EXACT_LIMIT", 4)
     index = VectorIndex.build("auto", DIM, np.arange(6), clustered(6, 11))
     assert index.chosen.startswith("IVF") and "recall@10 1.000" in index.note
 
@@ -130,7 +130,7 @@ def test_adding_images_to_an_auto_collection_does_not_rebuild_it(run, photos, mo
 
 @pytest.mark.parametrize("factory", ["auto", "IVF64,Flat"])
 def test_inverted_files_remove_many_times_and_keep_their_ids(monkeypatch, tmp_path, factory):
-    monkeypatch.setattr(vectors, "AUTO_EXACT_LIMIT", 1_000)
+    monkeypatch.setattr(policy, "AUTO_EXACT_LIMIT", 1_000)
     data, ids = clustered(4_000, 12), np.arange(4_000) * 3 + 5
     index = VectorIndex.build(factory, DIM, ids, data)
     assert index.inner_type.startswith("IndexIVF")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from searchengine.errors import ConfigError, VectorIndexError
-from searchengine.vectors import VectorIndex, normalize_factory
+from searchengine.index import VectorIndex, normalize_factory
 
 DIM = 16
 
