@@ -29,8 +29,8 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from searchengine.errors import ImageDecodeError
+from searchengine.hashing import content_hash
 from searchengine.imaging import open_regular, safe_open, taken_at
-from searchengine.store import content_hash
 
 from .scan import FileEntry
 from .sidecar import read_sidecar

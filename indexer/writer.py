@@ -11,7 +11,8 @@ from typing import Literal, Mapping
 import numpy as np
 
 from searchengine.engine import SearchEngine
-from searchengine.store import FileErrorRecord, ImageRecord, NewImage, as_stored, text_hash
+from searchengine.hashing import text_hash
+from searchengine.store import FileErrorRecord, ImageRecord, NewImage, as_stored
 
 from .diff import Plan
 from .pipeline import Decoded

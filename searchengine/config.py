@@ -73,6 +73,10 @@ class StageModels:
         env.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**env)
 
+    def offered(self) -> dict[str, bool]:
+        """Which stages have a model named (the server offers only those)."""
+        return {"rerank": self.rerank is not None, "caption": self.caption is not None, "vqa": self.vqa is not None}
+
 
 @dataclass(frozen=True)
 class Settings:

@@ -9,7 +9,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Sequence
 
@@ -17,22 +17,23 @@ import numpy as np
 
 from .config import Settings
 from .errors import CollectionNotFoundError, ModelMismatchError, NotFoundError, QueryError
+from .index import BaseIndex, BuildStats, VectorIndex, normalize_factory
 from .index.maintenance import Indexes
 from .locks import WriterLock
 from .models import clip
-from .ondisk import BuildStats
+from .models.loaded import LoadedModels
+from .models.registry import canonical_spec
 from .search.duplicates import near_duplicates
 from .search.hits import Hit, TextHit, by_date, hydrate
 from .search.searcher import ImageQuery, Searcher, SearchMode, query_words
+from .stages import Reranker, StageRunner, TagReport, caption_images, classify_vectors, rerank_hits, tag_images
 from .store import CollectionRecord, FileErrorRecord, Store
-from .vectors import VectorIndex, normalize_factory
 
 if TYPE_CHECKING:  # pragma: no cover
     from .filters import FilterSpec
     from .models.clip import ClipEncoder
-    from .stages import Reranker, TagReport
 
-__all__ = ["SearchEngine", "Hit", "TextHit", "CollectionStatus", "ImageQuery", "SearchMode", "canonical_spec"]
+__all__ = ["SearchEngine", "Hit", "TextHit", "CollectionStatus", "ImageQuery", "SearchMode"]
 
 log = logging.getLogger(__name__)
 
@@ -63,31 +64,6 @@ class CollectionStatus:
         return asdict(self)
 
 
-def canonical_spec(spec: str) -> str:
-    """A spec as recorded in a collection: local paths made absolute so any cwd can use it."""
-    spec = spec.strip()
-    if spec.startswith("local-dir:"):
-        return "local-dir:" + str(Path(spec[len("local-dir:"):]).expanduser().resolve())
-    if spec.startswith("hf-hub:") or spec == "lite":
-        return spec
-    arch, sep, rest = spec.partition(":")
-    if sep and (rest.startswith(("/", ".", "~")) or os.sep in rest) and Path(rest).expanduser().exists():
-        return f"{arch}:{Path(rest).expanduser().resolve()}"
-    return spec
-
-
-class _Models:
-    """The models an engine has loaded (its encoder, whether it was checked against the collection's
-    fingerprint, its stage models), under one lock. Engines that :meth:`SearchEngine.reopen` or
-    :meth:`SearchEngine.writer` make share it, so a process loads each model once."""
-
-    def __init__(self, encoder: "ClipEncoder | None" = None) -> None:
-        self.encoder = encoder
-        self.checked = False
-        self.stages: dict[tuple[str, str], Any] = {}  # loaded rerankers, captioners, answerers
-        self.lock = threading.RLock()  # threads (the HTTP server, its jobs) load each model once
-
-
 class SearchEngine:
     """One collection: its store rows, its vector indexes and (loaded on first use) its model.
 
@@ -104,7 +80,7 @@ class SearchEngine:
         if writable and writer_lock is None:
             self._writer_lock = WriterLock(settings.collection_dir, collection.name, store).acquire()
         self.refresh_every = None if writable else refresh_every
-        self._models = _Models(encoder)
+        self._models = LoadedModels(encoder)
         self._refresh_lock = threading.Lock()
         try:
             self.indexes = Indexes(store, collection, settings.collection_dir, writable=writable)
@@ -270,12 +246,12 @@ class SearchEngine:
 
     # -- the vector indexes (kept consistent with the store by index.maintenance) ----------
     @property
-    def index(self) -> VectorIndex:
+    def index(self) -> BaseIndex:
         """The images' index."""
         return self.indexes.images
 
     @property
-    def text_index(self) -> VectorIndex:
+    def text_index(self) -> BaseIndex:
         """The captions' and titles' index (image->text and text->text search)."""
         return self.indexes.texts
 
@@ -303,7 +279,7 @@ class SearchEngine:
 
     def build_index(self, factory: str, *, sample: int | None = None, shard_size: int | None = None) -> int:
         """Build the vector indexes as inverted files on disk, served memory-mapped (``factory``: an
-        inverted file such as ``IVF65536,PQ32``; see :mod:`searchengine.ondisk`). ``sample``: training
+        inverted file such as ``IVF65536,PQ32``; see :mod:`searchengine.index.ondisk`). ``sample``: training
         vectors; ``shard_size``: vectors per shard before the merge. Returns the image vectors indexed."""
         return self.indexes.build_ondisk(factory, sample=sample, shard_size=shard_size)
 
@@ -317,7 +293,7 @@ class SearchEngine:
                vector: np.ndarray | None = None, filters: FilterSpec = None, k: int = 10,
                mode: SearchMode = "vector", keyword_weight: float = 0.5, min_score: float | None = None,
                sort: Literal["score", "date"] = "score", dedup: float | bool | None = None,
-               group: bool = True, rerank: "bool | str | Reranker" = False, rerank_top: int = 20,
+               group: bool = True, rerank: bool | str | Reranker = False, rerank_top: int = 20,
                caption: bool | str = False, ask: str | None = None) -> list[Hit]:
         """Images (or products) for a text, an image, both, a composed ``query``, or a vector.
 
@@ -350,8 +326,6 @@ class SearchEngine:
 
     def _reranked(self, text, image, query, vector, filters, k, mode, keyword_weight, min_score, sort, dedup, group,
                   rerank, rerank_top, caption, ask) -> list[Hit]:
-        from .stages import rerank_hits
-
         if rerank_top < 1:
             raise QueryError("rerank_top must be at least 1")
         words = query_words(text, query)
@@ -414,94 +388,54 @@ class SearchEngine:
         return near_duplicates(self.store, self.collection.id, threshold)
 
     # -- looking closer: rerankers, captions, answers, zero-shot ----------------------------
-    def _stage(self, task: str, spec: str, load: Any) -> Any:
-        stages = self._models.stages
-        with self._models.lock:
-            if (task, spec) not in stages:
-                stages[(task, spec)] = load(spec, self.settings.device)
-            return stages[(task, spec)]
+    @property
+    def stages(self) -> StageRunner:
+        """The optional stages, with this engine's configured stage models (each loaded once)."""
+        return StageRunner(self.store, self._models, self.settings.stage_models, self.settings.device)
 
-    def reranker(self, spec: str | None = None) -> "Reranker":
+    def reranker(self, spec: str | None = None) -> Reranker:
         """A reranker (loaded once per engine): see :func:`searchengine.stages.load_reranker`."""
-        from .stages import load_reranker, rerank_spec
-
-        return self._stage("rerank", rerank_spec(spec), load_reranker)
+        return self.stages.reranker(spec)
 
     def captioner(self, spec: str | None = None) -> Any:
-        from .models.vlm import load_vlm
-        from .stages import caption_spec
-
-        return self._stage("caption", caption_spec(spec), lambda s, d: load_vlm(s, "caption", d))
+        return self.stages.captioner(spec)
 
     def answerer(self, spec: str | None = None) -> Any:
-        from .models.vlm import load_vlm
-        from .stages import vqa_spec
-
-        return self._stage("vqa", vqa_spec(spec), lambda s, d: load_vlm(s, "vqa", d))
+        return self.stages.answerer(spec)
 
     def caption(self, images: Sequence[ImageQuery], model: str | None = None) -> list[str]:
         """A caption for each image (a path, bytes or PIL image), cached per content and model."""
-        from .stages import generate_cached
-
-        captioner = self.captioner(model)
-        return generate_cached(self.store, "caption", captioner.spec, "", list(images), captioner.generate)
+        return self.stages.caption(images, model)
 
     def ask(self, images: Sequence[ImageQuery], question: str, model: str | None = None) -> list[str]:
         """An answer to ``question`` for each image, cached per (content, question, model)."""
-        from .stages import generate_cached
-
-        if not question or not question.strip():
-            raise QueryError("empty question")
-        answerer = self.answerer(model)
-        return generate_cached(self.store, "answer", answerer.spec, question.strip(), list(images),
-                               lambda ims: answerer.predict_answers(ims, question.strip()))
+        return self.stages.ask(images, question, model)
 
     def _annotate(self, hits: list[Hit], caption: bool | str, ask: str | None) -> list[Hit]:
-        from .stages import generate_cached
-
-        if not hits:
-            return hits
-        rows = self.store.images_by_ids(self.collection.id, [h.id for h in hits])
-        keys = [rows[h.id].content_hash for h in hits]
-        paths = [h.path for h in hits]
-        if caption:
-            model = self.captioner(caption if isinstance(caption, str) else None)
-            texts = generate_cached(self.store, "caption", model.spec, "", paths, model.generate, keys)
-            hits = [replace(h, generated_caption=t) for h, t in zip(hits, texts)]
-        if ask is not None:
-            if not ask.strip():
-                raise QueryError("empty question")
-            model = self.answerer()
-            texts = generate_cached(self.store, "answer", model.spec, ask.strip(), paths,
-                                    lambda ims: model.predict_answers(ims, ask.strip()), keys)
-            hits = [replace(h, answer=t) for h, t in zip(hits, texts)]
-        return hits
+        return self.stages.annotate(self.collection.id, hits, caption, ask)
 
     def caption_collection(self, model: str | None = None, progress: Any = None) -> int:
         """Caption every image without a searchable generated caption (``index --caption``): the
         captions join keyword search and image->text search. Returns how many images were done."""
-        from .stages import caption_collection
-
-        return caption_collection(self, self.captioner(model), progress)
+        done = caption_images(self.store, self.collection.id, self.captioner(model), self.encoder, progress)
+        self.sync_texts()
+        return done
 
     def classify(self, images: Sequence[ImageQuery], labels: Sequence[str],
                  templates: Sequence[str] | None = None) -> list[list[tuple[str, float]]]:
         """Zero-shot: per image, ``(label, probability)`` best first. The probabilities sum to 1 over
         the given labels: they say which label fits best relative to the others, not how well."""
-        from .stages import classify_vectors
-
         vecs = (np.stack([self.searcher.image_vector(im) for im in images]) if images
                 else np.zeros((0, self.collection.dim)))
         probs = classify_vectors(self.encoder, vecs, list(labels), templates)
         return [sorted(zip(labels, map(float, p)), key=lambda x: -x[1]) for p in probs]
 
     def tag(self, labels: Sequence[str], *, threshold: float = 0.3, top: int = 3,
-            templates: Sequence[str] | None = None) -> "TagReport":
+            templates: Sequence[str] | None = None) -> TagReport:
         """Zero-shot tags for the whole collection from its stored vectors (replacing earlier tags);
         they become a filter field (``tag = cat``) and keyword text."""
-        from .stages import tag_collection
-
-        return tag_collection(self, list(labels), threshold=threshold, top=top, templates=templates)
+        return tag_images(self.store, self.collection.id, self.encoder, list(labels), threshold=threshold, top=top,
+                          templates=templates)
 
     # -- status ---------------------------------------------------------------------------
     def status(self) -> CollectionStatus:

@@ -458,7 +458,7 @@ class CrashRun:
     def _engine_checks(self, final: bool, res: CycleResult) -> list[str]:
         from searchengine import SearchEngine
         from searchengine.errors import CollectionNotFoundError, SearchEngineError
-        from searchengine.vectors import VectorIndex, normalize_factory
+        from searchengine.index import VectorIndex, normalize_factory
 
         w = self.w
         problems: list[str] = []

@@ -8,9 +8,9 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ..datasets import load_labelled, load_pairs
-from ..evaluate import evaluate_retrieval, evaluate_zeroshot
-from ..zeroshot import TEMPLATES
+from ..stages.zeroshot import TEMPLATES
+from ..training.datasets import load_labelled, load_pairs
+from ..training.evaluate import evaluate_retrieval, evaluate_zeroshot
 from .options import Device, Json, Verbose, echo_json, handle_errors, setup_logging
 
 __all__ = ["EVAL_HELP", "eval_retrieval", "eval_zeroshot"]
@@ -30,7 +30,8 @@ Rerank = Annotated[bool, typer.Option("--rerank", help="Also measure text->image
                                                        "by a cross-attention ITM model.")]
 RerankModel = Annotated[Optional[str], typer.Option(
     "--rerank-model", envvar="SEARCHENGINE_RERANK_MODEL", show_default=False,
-    help="--rerank: itm, a folder from `train --itm`, or a BLIP ITM model [default: itm].")]
+    help="--rerank: a folder from `train --itm`, or a BLIP ITM model (Hugging Face id or save_pretrained "
+         "folder); required with --rerank: no reranker ships.")]
 RerankTop = Annotated[int, typer.Option("--rerank-top", min=1, help="--rerank: hits rescored per query.")]
 
 
@@ -46,7 +47,7 @@ def eval_retrieval(
     with handle_errors():
         pairs = [replace(p, captions=p.captions[:max_captions]) for p in load_pairs(source)]
         report = evaluate_retrieval(pairs, model=model, device=device, ks=sorted(set(k)),
-                                    all_captions=all_captions, rerank=(rerank_model or "itm") if rerank else None,
+                                    all_captions=all_captions, rerank=(rerank_model or "") if rerank else None,
                                     rerank_top=rerank_top)
         if json_out:
             echo_json(report.to_dict())

@@ -68,7 +68,7 @@ RerankTop = Annotated[int, typer.Option("--rerank-top", min=1, help="--rerank: h
 RerankModel = Annotated[Optional[str], typer.Option(
     "--rerank-model", envvar="SEARCHENGINE_RERANK_MODEL", show_default=False,
     help="--rerank: a folder from `train --itm`, or a BLIP ITM model (Hugging Face id or save_pretrained "
-         "folder) [default: itm, the in-house model when the package ships one].")]
+         "folder); required with --rerank: no reranker ships.")]
 Caption = Annotated[bool, typer.Option("--caption", help="Caption each hit (BLIP; cached).")]
 CaptionModel = Annotated[Optional[str], typer.Option(
     "--caption-model", envvar="SEARCHENGINE_CAPTION_MODEL", show_default=False,

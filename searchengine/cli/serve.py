@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from typing import Annotated, Optional
 
 import typer
 
-from ..config import Settings
+from ..config import Settings, StageModels
 from ..server import ServerConfig
 from ..server import serve as run_server
 from ..server.config import split_list
@@ -58,19 +57,15 @@ def serve(
     """
     setup_logging(verbose)
     with handle_errors():
-        if vqa_model:
-            os.environ["SEARCHENGINE_VQA_MODEL"] = vqa_model  # the engine's stages read their specs from here
-        if caption_model:
-            os.environ["SEARCHENGINE_CAPTION_MODEL"] = caption_model
-        if rerank_model:
-            os.environ["SEARCHENGINE_RERANK_MODEL"] = rerank_model
-        # stage models were put in the environment above, where from_env sees them
+        stage_models = StageModels.from_env(rerank=rerank_model, caption=caption_model, vqa=vqa_model)
         config = ServerConfig.from_env(
             host=host, port=port, read_keys=None if read_keys is None else split_list(read_keys),
             admin_keys=None if admin_keys is None else split_list(admin_keys),
             cors_origins=tuple(o for raw in cors_origin or [] for o in split_list(raw)),
-            max_upload_bytes=int(max_upload_mb * 1024 * 1024), rate_per_minute=rate_limit)
-        settings = Settings.from_env(collection=collection, data_dir=data_dir, db_url=db, device=device)
+            max_upload_bytes=int(max_upload_mb * 1024 * 1024), rate_per_minute=rate_limit,
+            **stage_models.offered())
+        settings = Settings.from_env(collection=collection, data_dir=data_dir, db_url=db, device=device,
+                                     stage_models=stage_models)
         config.check_bind()
         typer.echo(f"Serving collection {collection!r} on http://{host}:{port}/ (API docs at /api/docs)", err=True)
         run_server(settings, config, model=model, log_level="info" if verbose else "warning")

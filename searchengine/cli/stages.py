@@ -14,8 +14,8 @@ from ..engine import SearchEngine
 from ..errors import CollectionNotFoundError, ImageDecodeError, QueryError
 from ..imaging import safe_open
 from ..models.clip import load_default_encoder
-from ..models.vlm import load_vlm
-from ..stages import caption_spec, classify_vectors, generate_cached, read_labels, vqa_spec
+from ..models.loaded import LoadedModels
+from ..stages import StageRunner, classify_vectors, read_labels
 from ..store import Store
 from .options import (
     Collection,
@@ -60,12 +60,8 @@ def _generate(kind: str, images: list[Path], question: str | None, model: Option
     settings = Settings.from_env(collection=collection, data_dir=data_dir, db_url=db, device=device)
     store = Store(settings.database_url)
     try:
-        if kind == "caption":
-            captioner = load_vlm(caption_spec(model), "caption", settings.device)
-            return generate_cached(store, "caption", captioner.spec, "", images, captioner.generate)
-        answerer = load_vlm(vqa_spec(model), "vqa", settings.device)
-        q = (question or "").strip()
-        return generate_cached(store, "answer", answerer.spec, q, images, lambda ims: answerer.predict_answers(ims, q))
+        stages = StageRunner(store, LoadedModels(), settings.stage_models, settings.device)
+        return stages.caption(images, model) if kind == "caption" else stages.ask(images, question or "", model)
     finally:
         store.close()
 

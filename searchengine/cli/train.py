@@ -10,12 +10,12 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ..config import Settings
-from ..datasets import load_pairs
 from ..errors import ConfigError
-from ..train import TrainOptions
-from ..train import train as run_training
-from ..train_itm import ItmOptions
-from ..train_itm import train_itm as run_itm_training
+from ..training.contrastive import TrainOptions
+from ..training.contrastive import train as run_training
+from ..training.datasets import load_pairs
+from ..training.itm import ItmOptions
+from ..training.itm import train_itm as run_itm_training
 from .options import DataDir, Device, Json, ProgressBar, Verbose, echo_json, handle_errors, setup_logging
 
 __all__ = ["train"]

@@ -18,19 +18,23 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import IndexChecksumError, VectorIndexError
-from ..ondisk import (
+from ..store import CollectionRecord, Store, VectorKind
+from . import (
+    FALLBACK_NOTE,
     ONDISK_PREFIX,
+    BaseIndex,
     BuildOptions,
     BuildStats,
     OnDiskIndex,
     TooFewVectorsError,
+    VectorIndex,
     base_factory,
     build_from_store,
     is_ondisk,
+    needs_rechoice,
+    normalize_factory,
     remove_unused_files,
 )
-from ..store import CollectionRecord, Store, VectorKind
-from ..vectors import FALLBACK_NOTE, VectorIndex, needs_rechoice, normalize_factory
 
 __all__ = ["Indexes", "INDEX_FILE", "TEXT_INDEX_FILE", "KINDS"]
 
@@ -73,8 +77,8 @@ class Indexes:
         self.last_build: BuildStats | None = None
         #: a change the image index could not take since the last commit: rebuilt from the store then
         self.stale = False
-        self._texts: VectorIndex | None = None
-        self.images: VectorIndex = self.load("images")
+        self._texts: BaseIndex | None = None
+        self.images: BaseIndex = self.load("images")
 
     # -- paths and the collection's record --------------------------------------------------
     def path(self, kind: VectorKind = "images") -> Path:
@@ -86,12 +90,12 @@ class Indexes:
         return self.collection
 
     @property
-    def texts(self) -> VectorIndex:
+    def texts(self) -> BaseIndex:
         if self._texts is None:
             self._texts = self.load("texts")
         return self._texts
 
-    def reload(self, rec: CollectionRecord) -> VectorIndex:
+    def reload(self, rec: CollectionRecord) -> BaseIndex:
         """Take a new generation another writer saved: the image index is loaded again, the text
         index on its next use."""
         self.collection = rec
@@ -99,7 +103,7 @@ class Indexes:
         return self.images
 
     # -- loading ----------------------------------------------------------------------------
-    def load(self, kind: VectorKind) -> VectorIndex:
+    def load(self, kind: VectorKind) -> BaseIndex:
         """The saved index of ``kind``, verified and reconciled with the store; rebuilt from the
         store when its file is missing or damaged."""
         rec = self.collection
@@ -124,13 +128,13 @@ class Indexes:
             self._save(index, self.store.current_seq(rec.id), kind)
         return index
 
-    def _read(self, path: Path, rec: CollectionRecord, saved: _Saved, kind: VectorKind) -> VectorIndex:
+    def _read(self, path: Path, rec: CollectionRecord, saved: _Saved, kind: VectorKind) -> BaseIndex:
         if saved.checksum is not None and saved.checksum.startswith(ONDISK_PREFIX):
             current = getattr(self, "images", None) if kind == "images" else self._texts
             return OnDiskIndex.load(path, rec.index_factory, rec.dim, saved.note, saved.checksum, reuse=current)
         return VectorIndex.load(path, rec.index_factory, rec.dim, note=saved.note, checksum=saved.checksum)
 
-    def reconcile(self, index: VectorIndex, kind: VectorKind = "images") -> VectorIndex:
+    def reconcile(self, index: BaseIndex, kind: VectorKind = "images") -> BaseIndex:
         """Make the index's id set equal the live rows, and re-add rows written after it was saved.
 
         Every insert and update takes a new sequence number, so when none was taken since the index
@@ -162,7 +166,7 @@ class Indexes:
         return index
 
     # -- building ---------------------------------------------------------------------------
-    def build(self, factory: str, *, save: bool, kind: VectorKind = "images") -> VectorIndex:
+    def build(self, factory: str, *, save: bool, kind: VectorKind = "images") -> BaseIndex:
         """A new index of ``kind`` from every stored vector (saved and recorded when ``save``)."""
         cid = self.collection.id
         seq = self.store.current_seq(cid)
@@ -175,8 +179,8 @@ class Indexes:
             self._save(index, seq, kind)
         return index
 
-    def _build_ondisk(self, factory: str, kind: VectorKind) -> VectorIndex:
-        """Train, add in shards and merge on disk (see :mod:`searchengine.ondisk`); files are written even
+    def _build_ondisk(self, factory: str, kind: VectorKind) -> BaseIndex:
+        """Train, add in shards and merge on disk (see :mod:`searchengine.index.ondisk`); files are written even
         when the caller records them later. With too few vectors to train, exact search in memory."""
         if not self.writable:
             raise VectorIndexError(f"the {kind} index of collection {self.collection.name!r} ({factory}) is missing "
@@ -184,7 +188,7 @@ class Indexes:
                                    "`searchengine rebuild-index`")
         stats = BuildStats()
         try:
-            index: VectorIndex = build_from_store(self.store, self.collection.id, kind, factory, self.collection.dim,
+            index: BaseIndex = build_from_store(self.store, self.collection.id, kind, factory, self.collection.dim,
                                                   self.path(kind), self.options, stats)
         except TooFewVectorsError as exc:
             index = VectorIndex.create(factory, self.collection.dim)
@@ -282,7 +286,7 @@ class Indexes:
         if needs_rechoice(self._texts):
             self._texts = self.build(self.collection.index_factory, save=self.writable, kind="texts")
 
-    def _save(self, index: VectorIndex, seq: int, kind: VectorKind = "images") -> None:
+    def _save(self, index: BaseIndex, seq: int, kind: VectorKind = "images") -> None:
         checksum = index.save(self.path(kind))
         self.store.set_index_state(self.collection.id, seq, index.note, kind, checksum)
         self.refresh_record()

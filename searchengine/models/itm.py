@@ -7,7 +7,7 @@ cross-attention to the patches, feed-forward), as in ALBEF/BLIP's ITM head. The 
 gives a logit; the dual encoder's cosine enters it through a learned weight, so the model learns a
 correction to the first stage rather than relevance from scratch. ``sigmoid(logit)`` is the match
 probability, trained with binary cross-entropy on positives and hard negatives the dual encoder
-mines (:mod:`searchengine.train_itm`), so it reads as a calibrated relevance score.
+mines (:mod:`searchengine.training.itm`), so it reads as a calibrated relevance score.
 
 A model folder holds ``searchengine_itm.json`` (the config) and ``itm.safetensors`` (a few MB); the
 towers come from the installed packages, as for ``lite``.

@@ -29,9 +29,17 @@ from typing import Any, Literal
 import torch  # this module is imported only when a lite model is loaded or trained
 
 from ..errors import ModelLoadError
-from .backbones import (EFFICIENTNET_LITE_FEATURES, EFFICIENTNET_LITE_INPUT, EFFICIENTNET_LITE_MEAN,
-                        EFFICIENTNET_LITE_STD, MINILM_DIM, load_efficientnet_lite, load_minilm, mean_pool,
-                        minilm_encode)
+from .backbones import (
+    EFFICIENTNET_LITE_FEATURES,
+    EFFICIENTNET_LITE_INPUT,
+    EFFICIENTNET_LITE_MEAN,
+    EFFICIENTNET_LITE_STD,
+    MINILM_DIM,
+    load_efficientnet_lite,
+    load_minilm,
+    mean_pool,
+    minilm_encode,
+)
 from .clip import ClipEncoder
 from .device import reduce_precision
 from .registry import ENCODER_PRESETS, EncoderSpec, is_lite_dir

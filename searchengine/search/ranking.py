@@ -8,8 +8,8 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import QueryError
+from ..index import RERANK_FACTOR, BaseIndex
 from ..store import Store, VectorKind
-from ..vectors import RERANK_FACTOR, VectorIndex
 
 __all__ = ["RRF_K", "fuse", "normalized", "vector_ranking", "search_index", "exact_top"]
 
@@ -39,7 +39,7 @@ def normalized(vec: np.ndarray) -> np.ndarray:
     return (vec / norm).astype(np.float32)
 
 
-def vector_ranking(store: Store, collection_id: int, index: VectorIndex, qvec: np.ndarray, n: int,
+def vector_ranking(store: Store, collection_id: int, index: BaseIndex, qvec: np.ndarray, n: int,
                    allowed: np.ndarray | None) -> list[tuple[int, float]]:
     """The top ``n`` (id, score) by the vector index, among ``allowed`` ids when given.
 
@@ -71,7 +71,7 @@ def vector_ranking(store: Store, collection_id: int, index: VectorIndex, qvec: n
     return found[:n]
 
 
-def search_index(store: Store, collection_id: int, index: VectorIndex, q: np.ndarray, k: int,
+def search_index(store: Store, collection_id: int, index: BaseIndex, q: np.ndarray, k: int,
                  allowed: np.ndarray | None = None, kind: VectorKind = "images") -> tuple[np.ndarray, np.ndarray]:
     """``index.search`` of one query row; a lossy index's ``RERANK_FACTOR * k`` candidates are
     re-scored exactly with the stored vectors (rows removed meanwhile drop out) and the top ``k`` kept."""

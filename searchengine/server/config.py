@@ -6,6 +6,7 @@ import ipaddress
 import os
 from dataclasses import dataclass
 
+from ..config import StageModels
 from ..errors import ConfigError
 
 __all__ = ["ServerConfig", "is_loopback", "split_list"]
@@ -82,9 +83,7 @@ class ServerConfig:
             "cors_origins": split_list(os.environ.get("SEARCHENGINE_CORS_ORIGINS")),
             "max_upload_bytes": _int("SEARCHENGINE_MAX_UPLOAD_BYTES", cls.max_upload_bytes),
             "rate_per_minute": _int("SEARCHENGINE_RATE_LIMIT", cls.rate_per_minute),
-            "vqa": bool(os.environ.get("SEARCHENGINE_VQA_MODEL")),
-            "caption": bool(os.environ.get("SEARCHENGINE_CAPTION_MODEL")),
-            "rerank": bool(os.environ.get("SEARCHENGINE_RERANK_MODEL")),
+            **StageModels.from_env().offered(),
         }
         env.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**env)  # type: ignore[arg-type]

@@ -10,15 +10,14 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from PIL import Image
 
 from ..errors import QueryError
+from ..hashing import content_hash, text_hash
 from ..imaging import safe_open
-from ..store import content_hash, text_hash
-from .host import CollectionHost
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models.clip import ClipEncoder
     from ..store import Store
 
-__all__ = ["image_key", "generate_cached", "caption_images", "caption_collection"]
+__all__ = ["image_key", "generate_cached", "caption_images"]
 
 
 def image_key(image: Any) -> str:
@@ -74,12 +73,4 @@ def caption_images(store: "Store", collection_id: int, captioner: Any, encoder: 
         done += len(rows)
         if progress is not None:
             progress(len(rows))
-    return done
-
-
-def caption_collection(engine: CollectionHost, captioner: Any, progress: Callable[[int], None] | None = None,
-                       chunk: int = 64) -> int:
-    """:func:`caption_images` for an open collection, then its text index synced (engine.py's call)."""
-    done = caption_images(engine.store, engine.collection.id, captioner, engine.encoder, progress, chunk)
-    engine.sync_texts()
     return done

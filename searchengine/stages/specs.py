@@ -13,9 +13,8 @@ DEFAULT_VQA_MODEL = STAGE_DEFAULTS["vqa"]
 
 
 def _configured(models: StageModels | None) -> StageModels:
-    # callers that pass no StageModels (engine.py until it passes settings.stage_models) get the
-    # environment's, read by StageModels.from_env at the config edge
-    return models if models is not None else StageModels.from_env()
+    # the environment is read once, at the edge (Settings.from_env, the CLI), never here
+    return models if models is not None else StageModels()
 
 
 def rerank_spec(spec: str | None = None, models: StageModels | None = None) -> str:

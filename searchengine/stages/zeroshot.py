@@ -16,14 +16,13 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from ..errors import ConfigError, QueryError
-from .host import CollectionHost
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models.clip import ClipEncoder
     from ..store import Store
 
 __all__ = ["TEMPLATES", "class_embeddings", "label_probabilities", "read_labels", "classify_vectors", "TagReport",
-           "tag_images", "tag_collection"]
+           "tag_images"]
 
 #: Prompt templates for ensembling (a subset of CLIP's ImageNet templates, for any kind of picture).
 TEMPLATES: tuple[str, ...] = (
@@ -109,10 +108,3 @@ def tag_images(store: "Store", collection_id: int, encoder: "ClipEncoder", label
                     per_label[labels[j]] += 1
     store.replace_tags(collection_id, rows)
     return TagReport(images=len(ids), tags=len(rows), per_label=per_label)
-
-
-def tag_collection(engine: CollectionHost, labels: Sequence[str], *, threshold: float = 0.3, top: int = 3,
-                   templates: Sequence[str] | None = None) -> TagReport:
-    """:func:`tag_images` for an open collection (engine.py's call)."""
-    return tag_images(engine.store, engine.collection.id, engine.encoder, labels, threshold=threshold, top=top,
-                      templates=templates)

@@ -32,7 +32,7 @@ __all__ = ["TrainOptions", "TrainReport", "EpochStats", "train", "info_nce", "re
            "one_cycle"]
 
 
-def train(pairs: Sequence[Pair], *, base: str, out: Path, options: TrainOptions = TrainOptions(),
+def train(pairs: Sequence[Pair], *, base: str, out: Path, options: TrainOptions | None = None,
           device: str = "auto", cache_dir: Path | None = None, from_scratch: bool = False,
           val_pool: Sequence[Pair] | None = None, on_epoch: Callable[[EpochStats], None] | None = None,
           progress: Callable[[int], None] | None = None) -> TrainReport:
@@ -43,6 +43,7 @@ def train(pairs: Sequence[Pair], *, base: str, out: Path, options: TrainOptions 
     split from these pairs only (e.g. the in-domain part of a mixed training set); the rest of
     ``pairs`` all go to training.
     """
+    options = options or TrainOptions()
     from ..models.lite import resolve_lite  # imports torch
 
     is_lite = base == "lite" or resolve_lite(base) is not None

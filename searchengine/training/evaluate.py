@@ -17,11 +17,11 @@ from indexer.scan import FileEntry, ScanResult
 
 from ..engine import SearchEngine
 from ..errors import ConfigError
+from ..hashing import content_hash
 from ..imaging import safe_open
+from ..index import VectorIndex
 from ..models.clip import load_default_encoder
-from ..store import content_hash
-from ..vectors import VectorIndex
-from ..zeroshot import TEMPLATES, class_embeddings
+from ..stages.zeroshot import TEMPLATES, class_embeddings
 from .datasets import Pair
 from .metrics import caption_key, distinct_owners, recall_at
 

@@ -14,8 +14,8 @@ from typing import Callable, Literal, Sequence
 import numpy as np
 
 from ..errors import ImageDecodeError
+from ..hashing import content_hash
 from ..imaging import safe_open
-from ..store import content_hash
 
 __all__ = ["FeatureCache", "Layout", "file_key", "text_key", "image_features", "text_features"]
 

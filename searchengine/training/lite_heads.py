@@ -13,8 +13,17 @@ import numpy as np
 
 from ..models.clip import select_device
 from .datasets import Pair
-from .loop import (Data, EpochStats, TrainOptions, TrainReport, contrastive_features, info_nce, run_epochs,
-                   selection_score, val_captions)
+from .loop import (
+    Data,
+    EpochStats,
+    TrainOptions,
+    TrainReport,
+    contrastive_features,
+    info_nce,
+    run_epochs,
+    selection_score,
+    val_captions,
+)
 from .metrics import retrieval_recall
 
 __all__ = ["train_lite_heads"]

@@ -6,7 +6,7 @@
 Vectors are synthetic 512-d unit vectors drawn like tests/benchmarks/bench_query.py's (a cone around a
 common direction, clusters of about 100, float16-rounded as the store keeps them), but generated in
 seeded chunks and never all in memory: the build streams them (the store is not involved; the
-builder is :func:`searchengine.ondisk.build_ondisk`, the same one ``build-index`` runs).
+builder is :func:`searchengine.index.build_ondisk`, the same one ``build-index`` runs).
 
 * build: training on ``--sample`` vectors, adding in shards of ``--shard-size``, merging on disk.
 * bytes/vector: the ``.ivfdata`` file (codes + 8-byte ids) and the index file (quantizer, codebooks),
@@ -14,7 +14,7 @@ builder is :func:`searchengine.ondisk.build_ondisk`, the same one ``build-index`
   (``RssFile`` growth), with the page cache warm from the build.
 * recall@10: against exact inner-product search over the same vectors (brute force, streamed again),
   for ``--queries`` fresh queries; p50/p95 of one query at a time at each ``--nprobe``.
-* re-ranked: what the engine does with a lossy (PQ) index (``searchengine.vectors.RERANK_FACTOR``):
+* re-ranked: what the engine does with a lossy (PQ) index (``searchengine.index.RERANK_FACTOR``):
   10x the candidates from the index, scored exactly against the float16 vectors (kept here in a
   memory-mapped file in the work folder, standing in for the store), top 10 kept; p50 includes it.
 
@@ -73,7 +73,7 @@ def rss() -> dict:
 
 def exact_top10(source: Source, queries: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
     """The exact top 10 ids per query; ``keep`` (n x DIM float16, row = id - 1) gets the vectors."""
-    from searchengine.ondisk import _ExactTop
+    from searchengine.index.calibrate import ExactTop as _ExactTop
 
     top = _ExactTop(queries, 10)
     for ids, vecs in source.chunks():
@@ -85,7 +85,7 @@ def exact_top10(source: Source, queries: np.ndarray, keep: np.ndarray | None = N
 
 def reranked(index, kept: np.ndarray, row: np.ndarray, k: int = 10) -> np.ndarray:
     """The engine's re-rank of a lossy index: ``RERANK_FACTOR * k`` candidates scored exactly."""
-    from searchengine.vectors import RERANK_FACTOR
+    from searchengine.index import RERANK_FACTOR
 
     _, cand = index.search(row.reshape(1, -1), k * RERANK_FACTOR)
     cand = np.sort(cand[0][cand[0] >= 0])  # sorted: the mapped rows read in file order
@@ -96,7 +96,7 @@ def reranked(index, kept: np.ndarray, row: np.ndarray, k: int = 10) -> np.ndarra
 def bench(n: int, factory: str, sample: int, shard_size: int, queries: int, nprobes: list[int], work: Path) -> dict:
     import faiss
 
-    from searchengine.ondisk import BuildOptions, BuildStats, OnDiskIndex, build_ondisk
+    from searchengine.index import BuildOptions, BuildStats, OnDiskIndex, build_ondisk
 
     source = Source(n, clusters=max(1, n // 100))
     train = source.fresh(sample, seed=7)
@@ -188,7 +188,7 @@ def extrapolate(r: dict, flops: float) -> list[dict]:
 
 
 def print_table(results: list[dict], flops: float) -> None:
-    from searchengine.vectors import RERANK_FACTOR
+    from searchengine.index import RERANK_FACTOR
 
     print("| vectors | index | build (train / add / merge) | disk bytes/vector | in memory | nprobe | "
           f"recall@10 | p50 / p95 | recall@10 re-ranked (x{RERANK_FACTOR} candidates) | p50 re-ranked |")

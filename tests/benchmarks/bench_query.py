@@ -73,7 +73,7 @@ def percentiles(times: list[float]) -> dict:
 def bench_variant(factory: str, data: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> dict:
     import faiss
 
-    from searchengine.vectors import VectorIndex
+    from searchengine.index import VectorIndex
 
     ids = np.arange(len(data), dtype=np.int64)
     started = time.perf_counter()
@@ -146,7 +146,7 @@ def main() -> None:
 
     import faiss
 
-    from searchengine.vectors import _nlist
+    from searchengine.index.factory import nlist_for as _nlist
 
     results = {"dim": DIM, "queries": args.queries, "cpus": os.cpu_count(), "faiss": faiss.__version__,
                "faiss_threads": faiss.omp_get_max_threads(), "sizes": {}}

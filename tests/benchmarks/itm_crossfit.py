@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from searchengine.datasets import load_pairs
 from searchengine.models.itm import CrossAttentionITM, ItmConfig, LiteItmReranker, save_itm
-from searchengine.train import TrainOptions, train
-from searchengine.train_itm import ArrayCache, ItmOptions, ItmReport, _fit, _rerank_recall, _split_data
+from searchengine.training.contrastive import TrainOptions, train
+from searchengine.training.datasets import load_pairs
+from searchengine.training.features import FeatureCache
+from searchengine.training.itm import ItmOptions, ItmReport, _fit, _rerank_recall, _split_data
 
 K = 5
 kw = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
@@ -32,7 +33,7 @@ idx = list(range(len(tux))); rng.shuffle(idx)
 fold = np.zeros(len(tux), np.int64)
 for r, i in enumerate(idx):
     fold[i] = r % K
-cache = ArrayCache(Path("data/cache/itm-features/itm-lite2-longest-32"))
+cache = FeatureCache.files(Path("data/cache/itm-features/itm-lite2-longest-32"))
 base_model = LiteItmReranker("lite", CrossAttentionITM(ItmConfig(base="lite")), "cpu")
 data, skipped = _split_data(base_model, tux, 1, cache, None)
 assert skipped == 0 and len(data.patches) == len(tux)
@@ -54,7 +55,7 @@ for k in range(K):
     print(f"fold {k}: OOF dual R@1 within fold {r1:.3f} ({len(ii)} images)", flush=True)
 
 def subset(d, imgs):
-    from searchengine.train_itm import _Split
+    from searchengine.training.itm import _Split
     imgs = np.asarray(imgs); remap = {int(j): n for n, j in enumerate(imgs)}
     texts = np.flatnonzero(np.isin(d.owner, imgs))
     return _Split(d.patches[imgs], d.states[texts], d.mask[texts], np.array([remap[int(o)] for o in d.owner[texts]]),

@@ -2,7 +2,7 @@
 
     python tests/benchmarks/lite_baselines.py data/cache/tuxpaint/test.jsonl --model lite
 
-Evaluates, through the engine's index and query path (searchengine.evaluate), four variants
+Evaluates, through the engine's index and query path (searchengine.training.evaluate), four variants
 of one trained lite folder: untrained (random) projections, the ConSE branch alone, the trained
 projections alone, and the trained ensemble. Prints a table and one JSON line.
 """
@@ -25,9 +25,9 @@ def main() -> None:
 
     import torch
 
-    from searchengine.datasets import load_pairs
-    from searchengine.evaluate import evaluate_retrieval
     from searchengine.models.lite import build_lite, resolve_lite, save_lite
+    from searchengine.training.datasets import load_pairs
+    from searchengine.training.evaluate import evaluate_retrieval
 
     folder = resolve_lite(args.model)
     if folder is None:

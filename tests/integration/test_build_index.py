@@ -16,8 +16,8 @@ from searchengine import SearchEngine
 from searchengine.cli import app
 from searchengine.errors import ConfigError, VectorIndexError
 from searchengine.index import ondisk, ondisk_build
-from searchengine.store import NewImage
 from searchengine.search.ranking import vector_ranking
+from searchengine.store import NewImage
 
 COLL = "big"
 DIM = 32  # the tiny model's
@@ -201,8 +201,8 @@ def test_the_lists_are_hashed_once_per_file_version(big, monkeypatch):
 def test_removals_survive_a_reopen_which_then_reads_no_ids(big, monkeypatch):
     """The hidden ids are saved with the delta: an open after removals counts the index right, so
     it needs neither the store's ids nor the lists' (100M each at that scale)."""
-    from searchengine.store import Store
     from searchengine.index import VectorIndex
+    from searchengine.store import Store
 
     with SearchEngine.open(COLL, data_dir=big, writable=True) as writer:
         gone = writer.store.live_ids(writer.collection.id)[:3].tolist()

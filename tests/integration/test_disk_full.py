@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 
 from searchengine import SearchEngine
+from searchengine._fs import file_checksum, remove_stale_temps, temp_files
 from searchengine.errors import VectorIndexError
-from searchengine.vectors import VectorIndex, file_checksum, remove_stale_temps, temp_files
+from searchengine.index import VectorIndex
 from tests import crashkit, imagegen
 
 FACTORY = "HNSW64"  # a large file per vector: the index outgrows SQLite's few pages of WAL
@@ -84,7 +85,7 @@ def test_save_under_a_file_size_limit_never_installs_a_truncated_file(tmp_path):
         import resource, signal, sys
         import numpy as np
         from searchengine.errors import VectorIndexError
-        from searchengine.vectors import VectorIndex
+        from searchengine.index import VectorIndex
         index = VectorIndex.load({str(path)!r}, "Flat", 32)
         index.add(np.array([5000]), np.ones((1, 32), dtype=np.float32) / 32 ** 0.5)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

@@ -59,7 +59,7 @@ def test_a_writer_made_before_any_load_loads_once_for_both(loads):
 
             def use(engine):
                 barrier.wait()
-                engine.encoder
+                assert engine.encoder is not None
 
             threads = [threading.Thread(target=use, args=(e,)) for e in (reader, writer)]
             for t in threads:

@@ -8,9 +8,9 @@ import pytest
 from typer.testing import CliRunner
 
 from searchengine.cli import app
-from searchengine.datasets import load_labelled, load_pairs, split_pairs
 from searchengine.errors import ConfigError
-from searchengine.evaluate import evaluate_retrieval, evaluate_zeroshot, recall_at
+from searchengine.training.datasets import load_labelled, load_pairs, split_pairs
+from searchengine.training.evaluate import evaluate_retrieval, evaluate_zeroshot, recall_at
 from tests.fakemodel import NAMES, color_image, use_color_model
 
 

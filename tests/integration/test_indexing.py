@@ -205,8 +205,8 @@ def test_index_file_out_of_step_with_the_store_is_reconciled_on_open(run, photos
 
 def test_an_unchanged_collection_opens_without_reading_its_id_sets(run, photos, monkeypatch):
     """Nothing written since the index was saved: open compares a count, not every id."""
+    from searchengine.index import VectorIndex
     from searchengine.store import Store
-    from searchengine.vectors import VectorIndex
 
     run(photos)
 
@@ -395,13 +395,13 @@ def test_an_index_file_the_engine_did_not_write_is_never_read(run, photos, monke
     (recorded at every save) and rebuilt from the stored vectors, without being parsed."""
     import faiss
 
-    from searchengine import vectors as vectors_module
+    from searchengine._fs import file_checksum
     from searchengine.index.maintenance import INDEX_FILE
 
     run(photos)
     with SearchEngine.open(COLL) as engine:
         path = engine.settings.collection_dir / INDEX_FILE
-        assert engine.collection.index_checksum == vectors_module.file_checksum(path)
+        assert engine.collection.index_checksum == file_checksum(path)
         good = engine.search(vector=engine.store.all_vectors(engine.collection.id)[1][0], k=1)[0].id
     hostile = faiss.IndexIDMap2(faiss.IndexFlatIP(engine.collection.dim))  # a valid index, not ours
     faiss.write_index(hostile, str(path))
@@ -412,4 +412,4 @@ def test_an_index_file_the_engine_did_not_write_is_never_read(run, photos, monke
         assert parsed == []  # refused before faiss saw it
         assert engine.index.ntotal == 6  # rebuilt from the store
         assert engine.search(vector=engine.store.all_vectors(engine.collection.id)[1][0], k=1)[0].id == good
-        assert engine.collection.index_checksum == vectors_module.file_checksum(path)
+        assert engine.collection.index_checksum == file_checksum(path)

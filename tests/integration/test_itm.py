@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from searchengine.datasets import Pair
 from searchengine.models.itm import CrossAttentionITM, ItmConfig, is_itm_dir, load_itm
-from searchengine.train_itm import ItmOptions, _hard_negatives, _pick, train_itm
+from searchengine.training.datasets import Pair
+from searchengine.training.itm import ItmOptions, _hard_negatives, _pick, train_itm
 from tests.fakemodel import COLORS, color_image
 
 pytestmark = pytest.mark.slow

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from searchengine.datasets import Pair
 from searchengine.errors import ConfigError
 from searchengine.models.clip import load_encoder
-from searchengine.train import TrainOptions, info_nce, one_cycle, retrieval_recall, train
+from searchengine.training.contrastive import TrainOptions, info_nce, one_cycle, retrieval_recall, train
+from searchengine.training.datasets import Pair
 from tests import imagegen
 
 WORDS = ["apple", "boat", "car", "dog", "egg", "fish", "goat", "hat", "ink", "jar", "kite", "lamp"]

@@ -90,7 +90,7 @@ def test_normalize_factory_strips_id_maps_and_spaces():
 @pytest.mark.parametrize("module", ["searchengine.index", "searchengine.index.base", "searchengine.index.factory",
                                     "searchengine.index.calibrate", "searchengine.index.memory",
                                     "searchengine.index.ondisk", "searchengine.index.ondisk_build",
-                                    "searchengine._fs", "searchengine.vectors", "searchengine.ondisk"])
+                                    "searchengine._fs", "searchengine.vectors"])
 def test_exported_names_exist(module):
     mod = importlib.import_module(module)
     assert mod.__all__ and all(hasattr(mod, name) for name in mod.__all__)

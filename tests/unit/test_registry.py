@@ -12,8 +12,18 @@ import pytest
 from searchengine.config import StageModels
 from searchengine.errors import ConfigError, ModelLoadError
 from searchengine.models import registry
-from searchengine.models.registry import (ENCODER_PRESETS, ITM_MARKER, LITE_MARKER, LOADERS, STAGE_DEFAULTS,
-                                          canonical_spec, local_path, resolve_encoder, resolve_stage, stage_spec)
+from searchengine.models.registry import (
+    ENCODER_PRESETS,
+    ITM_MARKER,
+    LITE_MARKER,
+    LOADERS,
+    STAGE_DEFAULTS,
+    canonical_spec,
+    local_path,
+    resolve_encoder,
+    resolve_stage,
+    stage_spec,
+)
 
 
 def _folder(path: Path, marker: str) -> Path:

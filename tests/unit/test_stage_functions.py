@@ -10,8 +10,16 @@ import pytest
 import searchengine.stages as stages
 from searchengine.config import StageModels
 from searchengine.errors import ModelLoadError, QueryError
-from searchengine.stages import (caption_images, caption_spec, load_reranker, rerank_hits, rerank_spec, tag_images,
-                                 vqa_spec)
+from searchengine.stages import (
+    DEFAULT_CAPTION_MODEL,
+    caption_images,
+    caption_spec,
+    load_reranker,
+    rerank_hits,
+    rerank_spec,
+    tag_images,
+    vqa_spec,
+)
 from tests.fakemodel import ColorEncoder
 
 
@@ -32,12 +40,8 @@ class Flip:
 
 def test_exports_every_name_the_engine_and_cli_import():
     for name in ("Reranker", "TagReport", "rerank_hits", "load_reranker", "rerank_spec", "caption_spec", "vqa_spec",
-                 "generate_cached", "caption_collection", "classify_vectors", "tag_collection", "read_labels"):
+                 "generate_cached", "caption_images", "classify_vectors", "tag_images", "read_labels", "StageRunner"):
         assert name in stages.__all__ and hasattr(stages, name), name
-    import searchengine.stages.zeroshot as moved
-    import searchengine.zeroshot as shim
-
-    assert shim.TEMPLATES is moved.TEMPLATES and shim.class_embeddings is moved.class_embeddings
 
 
 def test_rerank_hits_reorders_and_keeps_the_first_score():
@@ -58,10 +62,13 @@ def test_specs_are_explicit_with_stage_models():
         load_reranker(None, "cpu", StageModels())
 
 
-def test_specs_without_stage_models_fall_back_to_the_environment(monkeypatch):
-    """What engine.py gets today, calling rerank_spec(spec) with no StageModels."""
+def test_stages_never_read_the_environment_settings_carry_it(monkeypatch, tmp_path):
+    """The environment is read once at the edge (Settings.from_env); stage functions take what they are given."""
+    from searchengine.config import Settings
+
     monkeypatch.setenv("SEARCHENGINE_CAPTION_MODEL", "/env-caption")
-    assert caption_spec() == "/env-caption"
+    assert caption_spec() == DEFAULT_CAPTION_MODEL
+    assert caption_spec(None, Settings.from_env(data_dir=tmp_path).stage_models) == "/env-caption"
     with pytest.raises(ModelLoadError, match="SEARCHENGINE_RERANK_MODEL"):
         rerank_spec()
 

@@ -1,4 +1,4 @@
-"""The training package's public names, its import cost, and the shims at the old module paths."""
+"""The training package's public names, its import cost, and the flat modules it replaced."""
 
 from __future__ import annotations
 
@@ -32,18 +32,16 @@ def test_import_loads_no_model_library():
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("old, new", [("train", "contrastive"), ("train_itm", "itm"), ("evaluate", "evaluate"),
-                                      ("datasets", "datasets")])
-def test_old_module_paths_re_export_the_new_objects(old, new):
-    shim = importlib.import_module(f"searchengine.{old}")
-    target = importlib.import_module(f"searchengine.training.{new}")
-    for name in shim.__all__:
-        if name != "ArrayCache":
-            assert getattr(shim, name) is getattr(target, name), name
+def test_the_itm_cache_is_the_files_layout(tmp_path):
+    from searchengine.training.features import FeatureCache
 
-
-def test_array_cache_is_the_files_layout(tmp_path):
-    from searchengine.train_itm import ArrayCache
-
-    cache = ArrayCache(tmp_path / "c")
+    cache = FeatureCache.files(tmp_path / "c")
     assert cache.layout == "files" and cache.path == tmp_path / "c"
+
+
+@pytest.mark.parametrize("old", ["train", "train_itm", "evaluate", "datasets", "zeroshot", "keyword", "ondisk"])
+def test_the_old_flat_modules_are_gone(old):
+    """Offline tooling lives in searchengine.training, zero-shot in stages, keyword documents in
+    store, the on-disk index in index: the flat modules were removed, not kept as shims."""
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module(f"searchengine.{old}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from searchengine.training.features import FeatureCache, file_key, image_features, text_key, text_features
+from searchengine.training.features import FeatureCache, file_key, image_features, text_features, text_key
 from tests import imagegen
 
 
