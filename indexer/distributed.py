@@ -38,6 +38,7 @@ import numpy as np
 
 from searchengine._fs import write_bytes_atomic
 from searchengine.errors import ConfigError, ModelMismatchError
+from searchengine.models import clip
 
 from .pipeline import Decoded, DecodeOptions, decode_all
 from .scan import FileEntry
@@ -111,12 +112,10 @@ def make_shards(entries: list[FileEntry], size: int = DEFAULT_SHARD_SIZE) -> lis
 
 def load_shard_encoder(job: ShardJob) -> "ClipEncoder":
     """The job's model, checked against the collection's fingerprint (a worker with other weights fails)."""
-    from searchengine.models.clip import load_encoder, probes_match
-
-    encoder = load_encoder(job.model_spec, job.device, job.precision)
+    encoder = clip.load_encoder(job.model_spec, job.device, job.precision)
     if job.fingerprint:
         recorded = np.frombuffer(job.fingerprint, dtype="<f4").reshape(-1, encoder.dim)
-        if not probes_match(encoder.probe(), recorded):
+        if not clip.probes_match(encoder.probe(), recorded):
             raise ModelMismatchError(f"the weights behind {job.model_spec!r} on this worker are not the ones "
                                      "the collection was built with")
     return encoder

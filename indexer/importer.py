@@ -14,14 +14,12 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
-
 from searchengine.engine import SearchEngine
-from searchengine.store import FileErrorRecord, ProductWrite, product_images
-from searchengine.store import products as products_table
+from searchengine.store import FileErrorRecord, ProductWrite
 
 from .catalog import Catalog, CatalogColumns, CatalogRow, is_url, read_catalog
 from .fetch import FetchOptions, cache_path, fetch_many
+from .run import run_files
 from .scan import FileEntry, ScanResult, sidecar_signature
 from .writer import IndexReport, text_vectors
 
@@ -82,8 +80,6 @@ def import_catalog(path: str | os.PathLike | Catalog, *, engine: SearchEngine | 
 
 def _import(engine: SearchEngine, catalog, fetch_options: FetchOptions, prune: bool, refresh: bool,
             progress, sharded: "Sharded | None" = None) -> ImportReport:
-    from . import run_files
-
     started = time.perf_counter()
     store, cid = engine.store, engine.collection.id
     report = ImportReport(catalog=catalog.path)
@@ -152,7 +148,7 @@ def _import(engine: SearchEngine, catalog, fetch_options: FetchOptions, prune: b
     old_errors = [e.path for e in store.file_errors(cid)
                   if e.path.startswith(catalog.path + ":") or e.path in url_of or e.path in working]
     errors = row_errors + download_errors + [e for e in report.images.errors if is_url(e.path)]
-    refs_before = _product_refs(engine, catalog.path)
+    refs_before = store.product_refs(cid, catalog.path)
     for start in range(0, max(len(todo), 1), WRITE_BATCH):
         batch = todo[start : start + WRITE_BATCH]
         last = start + WRITE_BATCH >= len(todo)
@@ -166,7 +162,7 @@ def _import(engine: SearchEngine, catalog, fetch_options: FetchOptions, prune: b
                 report.added += 1
     report.removed = len(removed)
     _drop_unused_images(engine)
-    _clear_unused_errors(engine, refs_before - _product_refs(engine), cache)
+    _clear_unused_errors(engine, refs_before - store.product_refs(cid), cache)
     engine.indexes.commit()  # rebuilt from the store when it could not take a removal
     report.errors = errors + [e for e in report.images.errors if not is_url(e.path)]
     report.seconds = time.perf_counter() - started
@@ -185,17 +181,6 @@ def _stat_files(paths: list[str]) -> ScanResult:
         result.files.append(FileEntry(path=path, size=int(st.st_size), mtime=float(st.st_mtime),
                                       sidecar=sidecar_signature(path)))
     return result
-
-
-def _product_refs(engine: SearchEngine, catalog: str | None = None) -> set[str]:
-    """The image references (URLs, paths) of the collection's products, or of one catalog's."""
-    query = (select(product_images.c.ref)
-             .join(products_table, products_table.c.id == product_images.c.product_id)
-             .where(products_table.c.collection_id == engine.collection.id))
-    if catalog is not None:
-        query = query.where(products_table.c.catalog == catalog)
-    with engine.store.engine.connect() as conn:
-        return set(conn.execute(query).scalars())
 
 
 def _clear_unused_errors(engine: SearchEngine, refs: set[str], cache) -> None:

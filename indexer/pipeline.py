@@ -31,6 +31,7 @@ import numpy as np
 from searchengine.errors import ImageDecodeError
 from searchengine.hashing import content_hash
 from searchengine.imaging import open_regular, safe_open, taken_at
+from searchengine.ocr import TextReader
 
 from .scan import FileEntry
 from .sidecar import read_sidecar
@@ -169,8 +170,6 @@ def _decode_one(entry: FileEntry, opts: DecodeOptions) -> Decoded:
 def _text_reader():
     global _READER
     if _READER is None:
-        from searchengine.ocr import TextReader
-
         _READER = TextReader(threads=1 if _OPTIONS is not None else None)  # one thread per worker process
     return _READER
 

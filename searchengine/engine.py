@@ -27,7 +27,7 @@ from .search.duplicates import near_duplicates
 from .search.hits import Hit, TextHit, by_date, hydrate
 from .search.searcher import ImageQuery, Searcher, SearchMode, query_words
 from .stages import Reranker, StageRunner, TagReport, caption_images, classify_vectors, rerank_hits, tag_images
-from .store import CollectionRecord, FileErrorRecord, Store
+from .store import CollectionRecord, FileErrorRecord, ImageRecord, Store
 
 if TYPE_CHECKING:  # pragma: no cover
     from .filters import FilterSpec
@@ -218,31 +218,7 @@ class SearchEngine:
     @property
     def encoder(self) -> "ClipEncoder":
         """The collection's model, loaded on first use and checked against its fingerprint."""
-        models = self._models
-        if models.encoder is not None and models.checked:
-            return models.encoder
-        with models.lock:
-            if models.encoder is None:
-                models.encoder = clip.load_encoder(self.collection.model_spec, self.settings.device,
-                                                   self.settings.precision)
-            if not models.checked:
-                self._check_encoder(models.encoder)
-                models.checked = True
-            return models.encoder
-
-    def _check_encoder(self, encoder: "ClipEncoder") -> None:
-        rec = self.collection
-        if encoder.dim != rec.dim:
-            raise ModelMismatchError(
-                f"collection {rec.name!r} holds {rec.dim}-dimensional vectors but {rec.model_spec!r} "
-                f"now gives {encoder.dim}; the model's weights changed since the collection was built")
-        recorded = np.frombuffer(rec.fingerprint, dtype="<f4").reshape(-1, rec.dim)
-        probe = encoder.probe()
-        if not clip.probes_match(probe, recorded):
-            raise ModelMismatchError(
-                f"the weights behind {rec.model_spec!r} are not the ones collection {rec.name!r} was built with "
-                f"(fingerprint {clip.fingerprint_id(probe)} != {rec.fingerprint_id}); restore the original weights, "
-                "or index into another --collection")
+        return self._models.checked_encoder(self.collection, self.settings.device, self.settings.precision)
 
     # -- the vector indexes (kept consistent with the store by index.maintenance) ----------
     @property
@@ -453,3 +429,32 @@ class SearchEngine:
     def errors(self) -> list[FileErrorRecord]:
         """Files that could not be indexed, with the reason."""
         return self.store.file_errors(self.collection.id)
+
+    # -- what the store holds (read-only views for the CLI, the server and evaluation) -------
+    def stored_record(self) -> CollectionRecord | None:
+        """The collection's row as stored now (another process may have written since it was read)."""
+        return self.store.get_collection(self.collection.name)
+
+    def records(self, image_ids: Sequence[int]) -> dict[int, ImageRecord]:
+        """The stored rows of those of ``image_ids`` that are live, by id."""
+        return self.store.images_by_ids(self.collection.id, [int(i) for i in image_ids])
+
+    def images_under(self, roots: Sequence[str]) -> list[ImageRecord]:
+        """The rows of the images at or below ``roots`` (absolute paths)."""
+        return self.store.images_under(self.collection.id, list(roots))
+
+    def image_vectors(self, image_ids: Sequence[int]) -> np.ndarray:
+        """The stored vectors of ``image_ids`` (all live), in their order."""
+        return self.store.vectors_for(self.collection.id, [int(i) for i in image_ids])
+
+    def roots(self) -> list[str]:
+        """The folders indexed into the collection."""
+        return self.store.roots(self.collection.id)
+
+    def facets(self) -> dict[str, list[tuple[str, int]]]:
+        """Attribute names with their most frequent values and counts (for filter menus)."""
+        return self.store.facets(self.collection.id)
+
+    def count_uncaptioned(self) -> int:
+        """Images without a searchable generated caption (what :meth:`caption_collection` would do)."""
+        return len(self.store.images_without_generated(self.collection.id))

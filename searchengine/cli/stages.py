@@ -172,7 +172,7 @@ def tag(
 def caption_collection(engine: SearchEngine, model: Optional[str], show: bool) -> int:
     """``index --caption``: caption the images that have no generated caption yet."""
     bar = ProgressBar(enabled=show, desc="Captioning")
-    todo = len(engine.store.images_without_generated(engine.collection.id))
+    todo = engine.count_uncaptioned()
     bar.start(todo)
     try:
         return engine.caption_collection(model, progress=bar.advance)

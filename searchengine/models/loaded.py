@@ -7,10 +7,16 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any, Callable
 
+import numpy as np
+
+from ..errors import ModelMismatchError
+from . import clip
+
 if TYPE_CHECKING:  # pragma: no cover
+    from ..store import CollectionRecord
     from .clip import ClipEncoder
 
-__all__ = ["LoadedModels"]
+__all__ = ["LoadedModels", "check_fingerprint"]
 
 
 class LoadedModels:
@@ -28,3 +34,31 @@ class LoadedModels:
             if (task, spec) not in self._stages:
                 self._stages[(task, spec)] = load()
             return self._stages[(task, spec)]
+
+    def checked_encoder(self, rec: "CollectionRecord", device: str, precision: str) -> "ClipEncoder":
+        """The collection's dual encoder, loaded once and checked once against the fingerprint the
+        collection recorded when it was built (other weights behind the same spec are refused)."""
+        if self.encoder is not None and self.checked:
+            return self.encoder
+        with self.lock:
+            if self.encoder is None:
+                self.encoder = clip.load_encoder(rec.model_spec, device, precision)
+            if not self.checked:
+                check_fingerprint(self.encoder, rec)
+                self.checked = True
+            return self.encoder
+
+
+def check_fingerprint(encoder: "ClipEncoder", rec: "CollectionRecord") -> None:
+    """Refuse an encoder whose dimension or probe vectors differ from what ``rec`` recorded."""
+    if encoder.dim != rec.dim:
+        raise ModelMismatchError(
+            f"collection {rec.name!r} holds {rec.dim}-dimensional vectors but {rec.model_spec!r} "
+            f"now gives {encoder.dim}; the model's weights changed since the collection was built")
+    recorded = np.frombuffer(rec.fingerprint, dtype="<f4").reshape(-1, rec.dim)
+    probe = encoder.probe()
+    if not clip.probes_match(probe, recorded):
+        raise ModelMismatchError(
+            f"the weights behind {rec.model_spec!r} are not the ones collection {rec.name!r} was built with "
+            f"(fingerprint {clip.fingerprint_id(probe)} != {rec.fingerprint_id}); restore the original weights, "
+            "or index into another --collection")

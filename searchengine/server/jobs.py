@@ -78,7 +78,7 @@ class EngineHolder:
 
     @staticmethod
     def _stamp(engine: SearchEngine) -> tuple:
-        rec = engine.store.get_collection(engine.collection.name)
+        rec = engine.stored_record()
         return (rec.index_seq, rec.text_index_seq, rec.index_factory, rec.ocr, rec.caption_model) if rec else ()
 
     def close(self) -> None:

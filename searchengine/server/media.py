@@ -29,10 +29,10 @@ SERVED_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", 
 
 def _located(engine: SearchEngine, image_id: int) -> tuple[ImageRecord, str]:
     """The image's row and its file's resolved real path, which must lie inside a root."""
-    rec = engine.store.images_by_ids(engine.collection.id, [image_id]).get(image_id)
+    rec = engine.records([image_id]).get(image_id)
     if rec is None:
         raise NotFoundError(f"no image with id {image_id} in collection {engine.collection.name!r}")
-    real = contained_file(rec.path, engine.store.roots(engine.collection.id))
+    real = contained_file(rec.path, engine.roots())
     if real is None:
         raise NotFoundError(f"image {image_id} is not readable inside the collection's folders")
     return rec, real

@@ -15,8 +15,15 @@ from .generate import caption_images, generate_cached, image_key
 from .rerank import Reranker, load_reranker, rerank_hits
 from .runner import StageRunner
 from .specs import DEFAULT_CAPTION_MODEL, DEFAULT_VQA_MODEL, caption_spec, rerank_spec, vqa_spec
-from .zeroshot import (TEMPLATES, TagReport, class_embeddings, classify_vectors, label_probabilities, read_labels,
-                       tag_images)
+from .zeroshot import (
+                       TEMPLATES,
+                       TagReport,
+                       class_embeddings,
+                       classify_vectors,
+                       label_probabilities,
+                       read_labels,
+                       tag_images,
+)
 
 __all__ = ["StageRunner", "Reranker", "load_reranker", "rerank_hits", "rerank_spec", "caption_spec", "vqa_spec",
            "DEFAULT_CAPTION_MODEL", "DEFAULT_VQA_MODEL", "generate_cached", "image_key", "caption_images",

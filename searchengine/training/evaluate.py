@@ -87,7 +87,7 @@ def evaluate_retrieval(pairs: Sequence[Pair], *, model: str | None, device: str 
             if workers is not None:
                 engine.settings = engine.settings.with_(workers=workers)
             report = run_files(engine, scanned, [], [])
-            rows = engine.store.images_under(engine.collection.id, [str(links)])
+            rows = engine.images_under([str(links)])
             row_pair = {r.id: by_path[r.path] for r in rows}
             answers = _Answers(pairs)
             t2i = _text_to_image(engine, pairs, row_pair, kmax, all_captions, answers)
@@ -186,7 +186,7 @@ def _image_to_text(engine: SearchEngine, pairs: Sequence[Pair], row_pair: dict[i
     vecs = _encode_texts(engine.encoder, [c for p in pairs for c in p.captions])
     captions = VectorIndex.build("Flat", vecs.shape[1], np.arange(len(vecs), dtype=np.int64), vecs)
     ids = sorted(row_pair)
-    image_vecs = engine.store.vectors_for(engine.collection.id, ids)
+    image_vecs = engine.image_vectors(ids)
     _, found = captions.search(image_vecs, kmax * max(len(p.captions) for p in pairs))
     ranked = [distinct_owners(row, owner, kmax) for row in found]
     return ranked, [answers.for_image(row_pair[i]) for i in ids]

@@ -33,7 +33,7 @@ def _search(request: Request, p: SearchParams) -> dict[str, Any]:
 def facets(request: Request) -> dict[str, Any]:
     """Attribute names with their most frequent values (for filter menus)."""
     engine = engine_of(request)
-    return {k: [{"value": v, "count": n} for v, n in vs] for k, vs in engine.store.facets(engine.collection.id).items()}
+    return {k: [{"value": v, "count": n} for v, n in vs] for k, vs in engine.facets().items()}
 
 
 @router.get("/api/search", tags=["search"])

@@ -23,6 +23,16 @@ _PRODUCT_COLUMNS = ["title", "description", "caption", "catalog", "fingerprint",
 class CatalogRepo(Repository):
     """The ``products``, ``product_images`` and ``attributes`` tables."""
 
+    def product_refs(self, collection_id: int, catalog: str | None = None) -> set[str]:
+        """The image references (URLs, paths) of the collection's products, or of one catalog's."""
+        query = (select(product_images.c.ref)
+                 .join(products, products.c.id == product_images.c.product_id)
+                 .where(products.c.collection_id == collection_id))
+        if catalog is not None:
+            query = query.where(products.c.catalog == catalog)
+        with self.engine.connect() as conn:
+            return set(conn.execute(query).scalars())
+
     def catalog_products(self, collection_id: int, catalog: str) -> dict[str, tuple[int, str]]:
         """key -> (id, fingerprint) of the products imported from ``catalog``."""
         with self.engine.connect() as conn:
