@@ -30,7 +30,7 @@ __all__ = ["search", "status", "duplicates"]
 
 Query = Annotated[str, typer.Argument(
     help='Text ("a dog on a beach"), an image path, or a composed query such as '
-         '\'"red dress" - "long sleeves" + 0.5:./ref.jpg\' (see the README).', show_default=False)]
+         '\'"red dress" - "long sleeves" + 0.5:./ref.jpg\' (see docs/searching.md).', show_default=False)]
 TopK = Annotated[int, typer.Option("-k", "--top-k", min=1, max=10_000, help="Number of results.")]
 To = Annotated[str, typer.Option(
     "--to", help="What to find: image (images and products) or text (captions and product titles: "
