@@ -19,7 +19,7 @@ from typing import Callable
 import pytest
 from PIL import Image, ImageOps
 
-import indexer
+import indexer.run
 from searchengine import SearchEngine
 from tests import imagegen
 from tests.privileges import permissions_enforced
@@ -180,14 +180,14 @@ def _unreadable(folder: Path, tmp: Path, mp) -> list:
 def _after_scan(change: Callable[[Path], None]):
     """Run ``change`` on the folder between the scan and the decoding (deterministically)."""
     def install(folder: Path, mp) -> None:
-        real = indexer.scan
+        real = indexer.run.scan  # what index_folder calls
 
         def scan_then_change(*args, **kwargs):
             result = real(*args, **kwargs)
             change(folder)
             return result
 
-        mp.setattr(indexer, "scan", scan_then_change)
+        mp.setattr(indexer.run, "scan", scan_then_change)
     return install
 
 
