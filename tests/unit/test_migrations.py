@@ -24,7 +24,7 @@ def two_urls(request, tmp_path) -> Iterator[tuple[str, str]]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'migrated.db'}", f"sqlite:///{tmp_path / 'fresh.db'}"
         return
-    from tests.pg import fresh_database
+    from tests.support.pg import fresh_database
 
     with fresh_database() as migrated, fresh_database() as fresh:
         yield migrated, fresh
