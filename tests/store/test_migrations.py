@@ -1,7 +1,7 @@
 """The frozen migrations end in the current schema: a database created by migration 1, with rows
 in it, migrated to the latest version has exactly the tables, columns, keys, indexes and
 constraints that creating the current schema fresh gives, and keeps its rows. On SQLite and
-on PostgreSQL (see tests/pg.py)."""
+on PostgreSQL (see tests/support/pg.py)."""
 
 from __future__ import annotations
 
