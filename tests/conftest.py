@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import imagegen
-from tests.tinymodel import make_tiny_model
+from tests.support import imagegen
+from tests.support.tinymodel import make_tiny_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -61,11 +61,11 @@ def run(tiny_model, request):
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store_url(request, tmp_path):
-    """An empty database for a ``Store``, once on SQLite and once on PostgreSQL (see tests/pg.py)."""
+    """An empty database for a ``Store``, once on SQLite and once on PostgreSQL (see tests/support/pg.py)."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'db' / 'test.db'}"
         return
-    from tests.pg import fresh_database
+    from tests.support.pg import fresh_database
 
     with fresh_database() as url:
         yield url

@@ -53,9 +53,9 @@ def main() -> int:
 def _run(work: Path, args) -> dict:
     from indexer import index_folder, remove_paths
     from searchengine import SearchEngine
-    from tests import imagegen
-    from tests.concurrency_reader import leaked_ids, read_results, reader_errors
-    from tests.tinymodel import make_tiny_model
+    from tests.support import imagegen
+    from tests.support.concurrency_reader import leaked_ids, read_results, reader_errors
+    from tests.support.tinymodel import make_tiny_model
 
     model = make_tiny_model(work / "model")
     seeds = iter(range(10**6))
@@ -75,7 +75,7 @@ def _run(work: Path, args) -> dict:
     stop = threading.Event()
 
     def searching(n: int) -> None:
-        from tests.imagegen import photo_image
+        from tests.support.imagegen import photo_image
 
         while not stop.is_set():
             started = time.monotonic()
@@ -90,7 +90,7 @@ def _run(work: Path, args) -> dict:
     stop_file = work / "stop"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     outs = [work / f"reader{i}.jsonl" for i in range(args.processes)]
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.concurrency_reader", coll, str(out), str(stop_file)],
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.support.concurrency_reader", coll, str(out), str(stop_file)],
                               env=env, cwd=ROOT) for out in outs]
     threads = [threading.Thread(target=searching, args=(i,)) for i in range(args.threads)]
     for t in threads:

@@ -1,5 +1,5 @@
 """Crash cycles on demand: SIGKILL ``index``, ``import`` and ``rebuild-index`` at random moments,
-many times, checking after every kill (see :mod:`tests.crashkit` for the checks).
+many times, checking after every kill (see :mod:`tests.support.crashkit` for the checks).
 
     python tests/benchmarks/crash_cycles.py --cycles 50 --images 300 --command all --seed 0
 
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 def run_command(command: str, args, root: Path, model: str, launcher) -> "object":
     import numpy as np
 
-    from tests import crashkit
+    from tests.support import crashkit
 
     rng = np.random.default_rng(args.seed)
     summary = crashkit.Summary(command)
@@ -80,8 +80,8 @@ def main() -> int:
     parser.add_argument("--verbose", "-v", action="store_true")
     args = parser.parse_args()
 
-    from tests import crashkit
-    from tests.tinymodel import make_tiny_model
+    from tests.support import crashkit
+    from tests.support.tinymodel import make_tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="crash-cycles-"))
     commands = ["index", "import", "rebuild-index"] if args.command == "all" else [args.command]

@@ -40,7 +40,7 @@ from PIL import Image  # noqa: E402
 
 from searchengine.errors import ImageDecodeError  # noqa: E402
 from searchengine.imaging import safe_open  # noqa: E402
-from tests import imagegen  # noqa: E402
+from tests.support import imagegen  # noqa: E402
 
 MAX_PIXELS = 20_000_000  # smaller than the default: big declared sizes are refused, not decoded
 INTERESTING = [0x00, 0x01, 0x7F, 0x80, 0xFF, 0xFE, 0x10, 0x40]

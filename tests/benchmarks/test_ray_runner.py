@@ -16,7 +16,7 @@ import pytest
 
 from indexer import distributed, import_catalog, index_folder
 from indexer.distributed import LocalRunner, RayRunner, Sharded
-from tests import imagegen
+from tests.support import imagegen
 from tests.integration.test_ray import assert_same, catalog_state, collection_state, make_catalog, make_folder
 
 ray = pytest.importorskip("ray", reason="on demand: needs the ray extra (pip install 'searchengine[ray]')")

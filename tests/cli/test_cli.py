@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from searchengine.cli import app
-from tests import imagegen
+from tests.support import imagegen
 
 runner = CliRunner()
 

@@ -23,8 +23,8 @@ from indexer.fetch import FetchOptions
 from searchengine import SearchEngine
 from searchengine.cli import app
 from searchengine.errors import CatalogError
-from tests.fakemodel import COLORS, ColorEncoder, color_image, use_color_model
-from tests.localhttp import serving
+from tests.support.fakemodel import COLORS, ColorEncoder, color_image, use_color_model
+from tests.support.localhttp import serving
 
 COLL = "shop"
 

@@ -25,8 +25,8 @@ from indexer import index_folder, remove_paths
 from searchengine import SearchEngine
 from searchengine.errors import NotFoundError, WriterBusyError
 from searchengine.search.hits import dedup
-from tests import imagegen
-from tests.concurrency_reader import leaked_ids, read_results, reader_errors
+from tests.support import imagegen
+from tests.support.concurrency_reader import leaked_ids, read_results, reader_errors
 
 COLL = "conc"
 ROOT = Path(__file__).parents[2]
@@ -120,7 +120,7 @@ def test_reader_processes_while_a_writer_adds_and_removes(collection, tmp_path):
     stop = tmp_path / "stop"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     outs = [tmp_path / f"reader{i}.jsonl" for i in range(2)]
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.concurrency_reader", COLL, str(out), str(stop)],
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.support.concurrency_reader", COLL, str(out), str(stop)],
                               env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True) for out in outs]
     try:
         deadline = time.monotonic() + 120

@@ -1,14 +1,14 @@
 """Real kills: SIGKILL ``index``, ``import`` and ``rebuild-index`` at random moments, check what each
 kill left (integrity, the index loads and matches the live rows, nothing committed lost), then
 finish with an uninterrupted run that holds every file exactly once. The harness is
-:mod:`tests.crashkit`; ``tests/benchmarks/crash_cycles.py`` runs 50+ cycles per command."""
+:mod:`tests.support.crashkit`; ``tests/benchmarks/crash_cycles.py`` runs 50+ cycles per command."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from tests import crashkit
+from tests.support import crashkit
 
 
 @pytest.fixture(scope="module")

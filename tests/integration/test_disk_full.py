@@ -22,7 +22,7 @@ from searchengine import SearchEngine
 from searchengine._fs import file_checksum, remove_stale_temps, temp_files
 from searchengine.errors import VectorIndexError
 from searchengine.index import VectorIndex
-from tests import crashkit, imagegen
+from tests.support import crashkit, imagegen
 
 FACTORY = "HNSW64"  # a large file per vector: the index outgrows SQLite's few pages of WAL
 

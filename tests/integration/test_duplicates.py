@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from indexer import index_folder
 from searchengine import SearchEngine
 from searchengine.cli import app
-from tests.fakemodel import color_image, use_color_model
+from tests.support.fakemodel import color_image, use_color_model
 
 
 def test_near_duplicates_and_min_score(tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ import searchengine.models.clip as clip
 from indexer import index_folder
 from searchengine import SearchEngine
 from searchengine.errors import WriterBusyError
-from tests.fakemodel import ColorEncoder, color_folder
+from tests.support.fakemodel import ColorEncoder, color_folder
 
 COLL = "reopen"
 

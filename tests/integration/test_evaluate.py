@@ -11,7 +11,7 @@ from searchengine.cli import app
 from searchengine.errors import ConfigError
 from searchengine.training.datasets import load_labelled, load_pairs, split_pairs
 from searchengine.training.evaluate import evaluate_retrieval, evaluate_zeroshot, recall_at
-from tests.fakemodel import NAMES, color_image, use_color_model
+from tests.support.fakemodel import NAMES, color_image, use_color_model
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ from PIL import Image, ImageOps
 
 import indexer.run
 from searchengine import SearchEngine
-from tests import imagegen
-from tests.privileges import permissions_enforced
+from tests.support import imagegen
+from tests.support.privileges import permissions_enforced
 
 COLL = "hostile"
 GOOD = {"good0.jpg": (64, 48), "good1.png": (80, 60)}

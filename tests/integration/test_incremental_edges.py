@@ -10,7 +10,7 @@ import pytest
 
 from searchengine import SearchEngine
 from searchengine.errors import ConfigError
-from tests import imagegen
+from tests.support import imagegen
 
 COLL = "edges"
 

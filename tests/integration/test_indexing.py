@@ -12,7 +12,7 @@ import pytest
 from indexer import index_folder
 from searchengine import SearchEngine
 from searchengine.errors import CollectionNotFoundError, QueryError
-from tests import imagegen
+from tests.support import imagegen
 
 COLL = "test"
 

@@ -11,7 +11,7 @@ import torch
 from searchengine.models.itm import CrossAttentionITM, ItmConfig, is_itm_dir, load_itm
 from searchengine.training.datasets import Pair
 from searchengine.training.itm import ItmOptions, _hard_negatives, _pick, train_itm
-from tests.fakemodel import COLORS, color_image
+from tests.support.fakemodel import COLORS, color_image
 
 pytestmark = pytest.mark.slow
 

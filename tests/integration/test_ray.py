@@ -29,7 +29,7 @@ from indexer.scan import scan
 from searchengine.engine import SearchEngine
 from searchengine.imaging import image_extensions
 from searchengine.models.clip import load_encoder
-from tests import imagegen
+from tests.support import imagegen
 
 
 def make_folder(root: Path, n: int = 12) -> Path:

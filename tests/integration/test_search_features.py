@@ -29,7 +29,7 @@ from searchengine.cli import app
 from searchengine.errors import QueryError
 from searchengine.filters import evaluate, parse_where
 from searchengine.store import filter_condition
-from tests.fakemodel import COLORS, NAMES, use_color_model
+from tests.support.fakemodel import COLORS, NAMES, use_color_model
 
 EXIF_IFD, DATE_ORIGINAL = 0x8769, 0x9003
 

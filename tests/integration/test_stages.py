@@ -16,8 +16,8 @@ from indexer import index_folder
 from searchengine import SearchEngine
 from searchengine.cli import app
 from searchengine.errors import QueryError
-from tests.fakemodel import COLORS, color_folder, use_color_model
-from tests.tinyblip import make_tiny_blip
+from tests.support.fakemodel import COLORS, color_folder, use_color_model
+from tests.support.tinyblip import make_tiny_blip
 
 runner = CliRunner()
 

@@ -11,7 +11,7 @@ from searchengine.errors import ConfigError
 from searchengine.models.clip import load_encoder
 from searchengine.training.contrastive import TrainOptions, info_nce, one_cycle, retrieval_recall, train
 from searchengine.training.datasets import Pair
-from tests import imagegen
+from tests.support import imagegen
 
 WORDS = ["apple", "boat", "car", "dog", "egg", "fish", "goat", "hat", "ink", "jar", "kite", "lamp"]
 

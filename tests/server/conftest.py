@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from indexer import index_folder  # noqa: E402
 from searchengine.config import Settings  # noqa: E402
 from searchengine.server import ServerConfig, app_for  # noqa: E402
-from tests.fakemodel import color_folder, use_color_model  # noqa: E402
+from tests.support.fakemodel import color_folder, use_color_model  # noqa: E402
 
 READ, ADMIN = "read-key-123", "admin-key-456"
 

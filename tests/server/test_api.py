@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from tests.fakemodel import COLORS, color_image
+from tests.support.fakemodel import COLORS, color_image
 from tests.server.conftest import make_client
 
 
@@ -192,7 +192,7 @@ def test_web_page_and_static_files(client):
 
 def test_caption_ask_and_rerank_with_configured_models(pics, tmp_path, monkeypatch):
     """Tiny random BLIP models: the plumbing runs end to end; answers are cached per question."""
-    from tests.tinyblip import make_tiny_blip
+    from tests.support.tinyblip import make_tiny_blip
 
     blip = {task: str(make_tiny_blip(tmp_path / task, task)) for task in ("caption", "vqa", "itm")}
     monkeypatch.setenv("SEARCHENGINE_CAPTION_MODEL", blip["caption"])

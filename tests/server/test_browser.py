@@ -15,7 +15,7 @@ import pytest
 
 from searchengine.config import Settings
 from searchengine.server import ServerConfig, app_for
-from tests.fakemodel import color_image
+from tests.support.fakemodel import color_image
 
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from searchengine.errors import ConfigError
 from searchengine.server import ServerConfig
-from tests import imagegen
-from tests.fakemodel import COLORS, color_image
+from tests.support import imagegen
+from tests.support.fakemodel import COLORS, color_image
 from tests.server.conftest import ADMIN, READ, auth, make_client
 
 

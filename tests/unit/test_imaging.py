@@ -16,7 +16,7 @@ from PIL import Image, ImageFile, ImageOps
 from searchengine import imaging
 from searchengine.errors import ImageDecodeError
 from searchengine.imaging import safe_open, to_rgb
-from tests import imagegen
+from tests.support import imagegen
 
 WHITE = (255, 255, 255)
 

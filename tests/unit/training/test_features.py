@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from searchengine.training.features import FeatureCache, file_key, image_features, text_features, text_key
-from tests import imagegen
+from tests.support import imagegen
 
 
 def test_archive_round_trip_and_memory_only(tmp_path):

@@ -116,7 +116,7 @@ def test_tiny_inverted_files_calibrate_on_what_there_is(monkeypatch):
 
 def test_adding_images_to_an_auto_collection_does_not_rebuild_it(run, photos, monkeypatch):
     from searchengine import SearchEngine
-    from tests import imagegen
+    from tests.support import imagegen
 
     run(photos)
     rebuilds = []

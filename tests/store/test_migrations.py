@@ -1,7 +1,7 @@
 """The frozen migrations end in the current schema: a database created by migration 1, with rows
 in it, migrated to the latest version has exactly the tables, columns, keys, indexes and
 constraints that creating the current schema fresh gives, and keeps its rows. On SQLite and
-on PostgreSQL (see tests/pg.py)."""
+on PostgreSQL (see tests/support/pg.py)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def two_urls(request, tmp_path) -> Iterator[tuple[str, str]]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'migrated.db'}", f"sqlite:///{tmp_path / 'fresh.db'}"
         return
-    from tests.pg import fresh_database
+    from tests.support.pg import fresh_database
 
     with fresh_database() as migrated, fresh_database() as fresh:
         yield migrated, fresh

@@ -12,8 +12,8 @@ from PIL import Image
 from searchengine.errors import ConfigError, ModelLoadError, QueryError
 from searchengine.models import vlm
 from searchengine.models.vlm import BlipAnswerer, BlipCaptioner, BlipMatcher, load_vlm
-from tests import imagegen
-from tests.tinyblip import make_tiny_blip
+from tests.support import imagegen
+from tests.support.tinyblip import make_tiny_blip
 
 
 @pytest.fixture(scope="module")

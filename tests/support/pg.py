@@ -1,6 +1,6 @@
 """PostgreSQL for the tests: a fresh database per test on the server that ``TEST_POSTGRES_URL`` names.
 
-``tests/pgserver.sh start`` starts a throwaway server and prints the variable; CI (``.ci/run``) does.
+``tests/support/pgserver.sh start`` starts a throwaway server and prints the variable; CI (``.ci/run``) does.
 Without it the PostgreSQL cases are skipped locally and fail under CI, where none may be skipped.
 """
 
@@ -19,7 +19,7 @@ ENV = "TEST_POSTGRES_URL"
 def server_url() -> str:
     url = os.environ.get(ENV)
     if not url:
-        message = f'{ENV} is not set: start a server with eval "$(tests/pgserver.sh start)"'
+        message = f'{ENV} is not set: start a server with eval "$(tests/support/pgserver.sh start)"'
         if os.environ.get("CI"):
             pytest.fail(message + " (CI runs the store tests on PostgreSQL too)")
         pytest.skip(message)

@@ -5,7 +5,7 @@ import pytest
 
 from searchengine.errors import ConfigError, ModelLoadError
 from searchengine.models.clip import fingerprint_id, load_encoder, parse_spec, probes_match, select_device
-from tests import imagegen
+from tests.support import imagegen
 
 
 @pytest.mark.parametrize("spec, name, pretrained", [

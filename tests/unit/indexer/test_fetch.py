@@ -14,7 +14,7 @@ from PIL import Image
 
 from indexer.fetch import FetchOptions, cache_path, fetch, fetch_many
 from searchengine.errors import DownloadError
-from tests.localhttp import serving
+from tests.support.localhttp import serving
 
 
 def _png() -> bytes:

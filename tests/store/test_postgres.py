@@ -14,8 +14,8 @@ from sqlalchemy import create_engine, text
 from indexer import import_catalog
 from searchengine import SearchEngine
 from searchengine.errors import WriterBusyError
-from tests import imagegen
-from tests.pg import fresh_database
+from tests.support import imagegen
+from tests.support.pg import fresh_database
 
 COLL = "pg"
 

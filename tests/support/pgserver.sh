@@ -2,9 +2,9 @@
 # A throwaway PostgreSQL server for the tests: a fresh cluster in a temporary directory, on a free
 # local port, with its socket in that directory. Needs Debian's (or any) PostgreSQL server binaries.
 #
-#   eval "$(tests/pgserver.sh start)"    # exports TEST_POSTGRES_URL and TEST_POSTGRES_DIR
-#   python -m pytest -q tests/unit/test_store.py tests/integration/test_postgres.py
-#   tests/pgserver.sh stop "$TEST_POSTGRES_DIR"
+#   eval "$(tests/support/pgserver.sh start)"    # exports TEST_POSTGRES_URL and TEST_POSTGRES_DIR
+#   python -m pytest -q tests/store
+#   tests/support/pgserver.sh stop "$TEST_POSTGRES_DIR"
 #
 # initdb refuses to run as root: as root the cluster belongs to the `postgres` user (Debian's
 # package creates it; PGSERVER_USER picks another), as anyone else to the caller. The server

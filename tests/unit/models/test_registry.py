@@ -75,7 +75,7 @@ def test_registry_and_stages_import_nothing_heavy_and_never_the_engine():
     code = ("import sys, searchengine.models.registry, searchengine.models, searchengine.stages; "
             "print(sorted({'torch', 'open_clip', 'transformers', 'timm', 'searchengine.engine'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).parents[2])
+                         cwd=Path(__file__).parents[3])
     assert out.stdout.strip() == "[]"
 
 

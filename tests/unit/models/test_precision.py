@@ -10,7 +10,7 @@ from searchengine.errors import ConfigError
 from searchengine.models import clip, device
 from searchengine.models.clip import load_encoder
 from searchengine.models.device import cpu_has_amx
-from tests import imagegen
+from tests.support import imagegen
 
 TEXTS = ["a cat on a sofa", "red sports car", "a bowl of fruit"]
 

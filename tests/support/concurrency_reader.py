@@ -1,6 +1,6 @@
 """A reader process for the concurrency tests: search a collection until told to stop.
 
-    python -m tests.concurrency_reader COLLECTION OUT.jsonl STOPFILE
+    python -m tests.support.concurrency_reader COLLECTION OUT.jsonl STOPFILE
 
 Opens the collection read-only once and searches it in a loop (text queries, and the stored
 vectors of the images it finds), checking for new index generations before every search. Each

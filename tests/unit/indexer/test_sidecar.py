@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from indexer.sidecar import SIDECAR_EXTENSIONS, Sidecar, read_sidecar, sidecar_paths
-from tests.privileges import permissions_enforced
+from tests.support.privileges import permissions_enforced
 
 
 @pytest.fixture

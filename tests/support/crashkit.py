@@ -38,9 +38,9 @@ from typing import Callable, Literal, Protocol
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PRELOAD = ["searchengine.cli", "searchengine.engine", "indexer", "indexer.importer", "torch", "open_clip", "faiss",
-           "PIL.Image", "sqlalchemy", "tests.crashkit"]
+           "PIL.Image", "sqlalchemy", "tests.support.crashkit"]
 
 # -- launching ------------------------------------------------------------------------------
 
@@ -551,7 +551,7 @@ class Summary:
 
 def index_workload(root: Path, model: str, images: int, seed: int = 0, batch_size: int = 4) -> Workload:
     """A folder of ``images`` small distinct photos and the ``index`` command over it."""
-    from tests import imagegen
+    from tests.support import imagegen
 
     folder = (root / "photos").resolve()
     files = {str(imagegen.photo(folder / f"p{i:04d}.jpg", seed=seed * 100_000 + i)) for i in range(images)}
@@ -561,7 +561,7 @@ def index_workload(root: Path, model: str, images: int, seed: int = 0, batch_siz
 
 def churn_folder(w: Workload, rng: np.random.Generator, k: int, seed: int) -> None:
     """Between rounds: remove, rename, rewrite and add ``k`` files each."""
-    from tests import imagegen
+    from tests.support import imagegen
 
     folder = Path(w.argv[1])
     pick = [Path(p) for p in rng.choice(sorted(w.files), size=3 * k, replace=False)]
@@ -593,7 +593,7 @@ def import_workload(root: Path, model: str, products: int, seed: int = 0, batch_
 
 
 def _product(root: Path, i: int, seed: int, version: int = 0) -> dict:
-    from tests import imagegen
+    from tests.support import imagegen
 
     folder = (root / "images").resolve()
     paths = [str(imagegen.photo(folder / f"sku{i:04d}-{j}.jpg", seed=seed * 100_000 + 10 * i + j))

@@ -20,7 +20,7 @@ from searchengine.stages import (
     tag_images,
     vqa_spec,
 )
-from tests.fakemodel import ColorEncoder
+from tests.support.fakemodel import ColorEncoder
 
 
 @dataclass(frozen=True)

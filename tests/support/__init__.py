@@ -1,0 +1,1 @@
+"""Shared test helpers: tiny models, generated images, the crash harness, PostgreSQL and HTTP fixtures."""

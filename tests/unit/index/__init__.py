@@ -1,0 +1,1 @@
+"""Unit tests of searchengine.index: vector indexes, the factory policy, the nprobe calibrator."""

@@ -1,0 +1,1 @@
+"""Unit tests of the indexer package: scan and diff, sidecars, downloads, catalogs."""

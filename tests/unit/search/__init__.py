@@ -1,0 +1,1 @@
+"""Unit tests of searchengine.search: ranking and fusion."""

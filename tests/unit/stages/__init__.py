@@ -1,0 +1,1 @@
+"""Unit tests of searchengine.stages: rerank, caption/VQA and zero-shot functions."""
