@@ -423,7 +423,7 @@ class SearchEngine:
             index_factory=rec.index_factory, index_in_use=index.chosen, index_type=index.inner_type,
             index_vectors=index.ntotal, index_nprobe=index.nprobe,
             index_note=index.note, data_dir=str(self.settings.data_dir),
-            database=self.store.engine.url.render_as_string(hide_password=True),
+            database=self.store.db.url.render_as_string(hide_password=True),
             schema_version=self.store.schema_version(), index_storage=index.storage)
 
     def errors(self) -> list[FileErrorRecord]:

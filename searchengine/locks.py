@@ -62,7 +62,7 @@ class WriterLock:
                 _unlock(fh)
                 raise WriterBusyError(
                     f"collection {self.collection!r} is being written by another process through the same database "
-                    f"({self.store.engine.url.render_as_string(hide_password=True)}); one writer per collection: "
+                    f"({self.store.db.url.render_as_string(hide_password=True)}); one writer per collection: "
                     "wait for it to finish (searches work meanwhile), or write to another --collection")
             fh.seek(0)
             fh.truncate()

@@ -136,7 +136,7 @@ def open_database(url: str) -> Database:
 class Repository:
     """The base of the store's repositories: they share one :class:`Database`."""
 
-    engine: Database
+    db: Database
 
 
 def insert_or(conn: Connection, table: Table, keys: Sequence[str], update: Sequence[str] = ()):

@@ -1,7 +1,7 @@
 """The current schema, declared plainly: every table as the latest migration leaves it.
 
 Migrations (:mod:`.migrations`) never read these declarations: a change here needs a new
-migration, and ``tests/unit/test_migrations.py`` checks that migrating a version 1 database
+migration, and ``tests/store/test_migrations.py`` checks that migrating a version 1 database
 ends in exactly this schema (with the keyword documents of :mod:`.keywords`).
 """
 

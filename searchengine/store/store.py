@@ -15,16 +15,16 @@ class Store(CollectionsRepo, ImagesRepo, VectorsRepo, CatalogRepo, TextsRepo, Se
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine = open_database(url)
-        self._writers = WriterLocks(self.engine)
-        migrate(self.engine)
+        self.db = open_database(url)
+        self._writers = WriterLocks(self.db)
+        migrate(self.db)
 
     def close(self) -> None:
         self._writers.unlock_all()
-        self.engine.dispose()
+        self.db.dispose()
 
     def schema_version(self) -> int:
-        with self.engine.connect() as conn:
+        with self.db.connect() as conn:
             return current_version(conn)
 
     # -- one writer per collection, across machines -------------------------------------------

@@ -16,8 +16,8 @@ import pytest
 
 from indexer import distributed, import_catalog, index_folder
 from indexer.distributed import LocalRunner, RayRunner, Sharded
-from tests.support import imagegen
 from tests.integration.test_ray import assert_same, catalog_state, collection_state, make_catalog, make_folder
+from tests.support import imagegen
 
 ray = pytest.importorskip("ray", reason="on demand: needs the ray extra (pip install 'searchengine[ray]')")
 

@@ -228,7 +228,7 @@ def test_rows_deleted_without_a_new_sequence_number_are_still_reconciled(run, ph
     run(photos)
     with open_engine() as engine:
         victim = int(engine.store.live_ids(engine.collection.id)[0])
-        with engine.store.engine.begin() as conn:
+        with engine.store.db.begin() as conn:
             conn.execute(text("DELETE FROM images WHERE id = :id"), {"id": victim})
     with open_engine() as engine:
         ids = engine.index.ids().tolist()

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from tests.support.fakemodel import COLORS, color_image
 from tests.server.conftest import make_client
+from tests.support.fakemodel import COLORS, color_image
 
 
 def png(name: str) -> bytes:

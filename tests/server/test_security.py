@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from searchengine.errors import ConfigError
 from searchengine.server import ServerConfig
+from tests.server.conftest import ADMIN, READ, auth, make_client
 from tests.support import imagegen
 from tests.support.fakemodel import COLORS, color_image
-from tests.server.conftest import ADMIN, READ, auth, make_client
 
 
 def some_id(client, headers=None) -> int:

@@ -31,20 +31,20 @@ def test_schema_is_migrated_once(store):
     assert store.schema_version() == SCHEMA_VERSION
     again = Store(store.url)
     assert again.schema_version() == SCHEMA_VERSION
-    with again.engine.connect() as conn:
+    with again.db.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM schema_version")).scalar() == SCHEMA_VERSION
     again.close()
 
 
 def test_sqlite_uses_wal(tmp_path):
     store = Store(f"sqlite:///{tmp_path / 'wal.db'}")
-    with store.engine.connect() as conn:
+    with store.db.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
     store.close()
 
 
 def test_a_newer_schema_is_refused(store):
-    with store.engine.begin() as conn:
+    with store.db.begin() as conn:
         conn.execute(text("INSERT INTO schema_version (version) VALUES (999)"))
     with pytest.raises(StoreError, match="newer"):
         Store(store.url)
@@ -200,7 +200,7 @@ def test_lookups_by_id_use_the_primary_key_not_a_collection_scan(tmp_path):
     from searchengine.store.schema import images, texts
 
     store = Store(f"sqlite:///{tmp_path / 'plan.db'}")
-    with store.engine.connect() as conn:
+    with store.db.connect() as conn:
         ids = list(range(5, 25))  # a page of hits: with 11 ids or more the planner preferred the scan
         for query in (select(*_IMAGE_COLS).where(_ids_in(images, 1, ids)),
                       select(texts.c.id, texts.c.text).where(_ids_in(texts, 1, ids))):

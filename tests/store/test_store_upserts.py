@@ -40,10 +40,10 @@ def coll(store: Store, name: str = "c", spec: str = "local-dir:/m"):
 
 def _waiting_for_a_lock(store: Store, future: Future) -> bool:
     """Whether the call now waits for another transaction (PostgreSQL says so; SQLite cannot: a moment)."""
-    if store.engine.dialect.name != "postgresql":
+    if store.db.dialect.name != "postgresql":
         time.sleep(0.5)
         return True
-    with store.engine.connect() as conn:
+    with store.db.connect() as conn:
         return bool(conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
                                       " AND datname = current_database()")).scalar())
 
@@ -115,7 +115,7 @@ def test_a_caption_generated_meanwhile_is_replaced(store):
                                       created_at=0.0)
     race(store, [theirs], lambda: store.put_generated("caption", "blip", "", {"h1": "a dog", "h2": "a cat"}))
     assert store.generated_texts("caption", "blip", "", ["h1", "h2", "h3"]) == {"h1": "a dog", "h2": "a cat"}
-    with store.engine.connect() as conn:
+    with store.db.connect() as conn:
         assert conn.execute(select(generated.c.id)).all().__len__() == 2
 
 
@@ -185,7 +185,7 @@ def schema_versions_seen_opening_at_once(url: str, stores: int = 4) -> list[int]
 def test_stores_opened_at_once_on_a_new_database_migrate_it_once(store_url):
     assert schema_versions_seen_opening_at_once(store_url) == [SCHEMA_VERSION] * 4
     s = Store(store_url)
-    with s.engine.connect() as conn:
+    with s.db.connect() as conn:
         assert conn.execute(text("SELECT version FROM schema_version ORDER BY version")).scalars().all() == \
             list(range(1, SCHEMA_VERSION + 1))
     s.close()

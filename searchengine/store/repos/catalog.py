@@ -30,12 +30,12 @@ class CatalogRepo(Repository):
                  .where(products.c.collection_id == collection_id))
         if catalog is not None:
             query = query.where(products.c.catalog == catalog)
-        with self.engine.connect() as conn:
+        with self.db.connect() as conn:
             return set(conn.execute(query).scalars())
 
     def catalog_products(self, collection_id: int, catalog: str) -> dict[str, tuple[int, str]]:
         """key -> (id, fingerprint) of the products imported from ``catalog``."""
-        with self.engine.connect() as conn:
+        with self.db.connect() as conn:
             rows = conn.execute(select(products.c.product_key, products.c.id, products.c.fingerprint).where(
                 products.c.collection_id == collection_id, products.c.catalog == catalog))
             return {k: (int(i), f) for k, i, f in rows}
@@ -44,7 +44,7 @@ class CatalogRepo(Repository):
                        text_vectors: Mapping[str, np.ndarray] | None = None, errors: Sequence[FileErrorRecord] = (),
                        cleared_errors: Sequence[str] = ()) -> list[int]:
         """Insert or update products by key and delete ``removed`` ones, in one transaction; returns the ids."""
-        with self.engine.begin() as conn:
+        with self.db.begin() as conn:
             seq = next_seq(conn, collection_id)
             upsert = insert_or(conn, products, ["collection_id", "product_key"], _PRODUCT_COLUMNS).returning(products.c.id)
             ids = [int(conn.execute(upsert, dict(
@@ -66,13 +66,13 @@ class CatalogRepo(Repository):
     def unlinked_catalog_images(self, collection_id: int) -> list[int]:
         """Images a catalog brought in that no product uses any more."""
         linked = select(product_images.c.image_id).where(product_images.c.image_id.is_not(None))
-        with self.engine.connect() as conn:
+        with self.db.connect() as conn:
             return [int(i) for i in conn.execute(select(images.c.id).where(
                 images.c.collection_id == collection_id, images.c.source == "catalog", images.c.id.not_in(linked)))
                 .scalars()]
 
     def count_products(self, collection_id: int) -> int:
-        with self.engine.connect() as conn:
+        with self.db.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(products)
                                     .where(products.c.collection_id == collection_id)).scalar_one())
 
@@ -80,7 +80,7 @@ class CatalogRepo(Repository):
         """The products each image belongs to (with attributes and image paths)."""
         id_list = [int(i) for i in image_ids]
         links: dict[int, list[int]] = {}
-        with self.engine.connect() as conn:
+        with self.db.connect() as conn:
             for chunk in chunks(id_list, 900):
                 for image_id, pid in conn.execute(select(product_images.c.image_id, product_images.c.product_id)
                                                   .where(product_images.c.image_id.in_(chunk))):
@@ -91,7 +91,7 @@ class CatalogRepo(Repository):
     def products_by_ids(self, collection_id: int, ids: Iterable[int]) -> dict[int, ProductRecord]:
         id_list = [int(i) for i in ids]
         out: dict[int, ProductRecord] = {}
-        with self.engine.connect() as conn:
+        with self.db.connect() as conn:
             for chunk in chunks(id_list, 900):
                 rows = conn.execute(select(products).where(ids_in(products, collection_id, chunk))).mappings().all()
                 attrs = attributes_of(conn, "product_id", chunk)
@@ -111,7 +111,7 @@ class CatalogRepo(Repository):
     def attributes_of_images(self, image_ids: Iterable[int]) -> dict[int, dict[str, list[str]]]:
         """The images' own attributes, with their zero-shot tags under ``tag``."""
         ids = [int(i) for i in image_ids]
-        with self.engine.connect() as conn:
+        with self.db.connect() as conn:
             out = attributes_of(conn, "image_id", ids)
             for image_id, labels in tags_of(conn, ids).items():
                 have = out.setdefault(image_id, {}).setdefault("tag", [])
@@ -127,7 +127,7 @@ class CatalogRepo(Repository):
                    select(literal("tag").label("k"), func.min(tags.c.label).label("v"), func.count().label("n"))
                    .where(tags.c.collection_id == collection_id).group_by(tags.c.label_norm)]
         out: dict[str, dict[str, list]] = {}
-        with self.engine.connect() as conn:
+        with self.db.connect() as conn:
             for query in counted:
                 for k, v, n in conn.execute(query):
                     entry = out.setdefault(str(k), {}).setdefault(str(v).casefold(), [str(v), 0])
@@ -137,7 +137,7 @@ class CatalogRepo(Repository):
 
     def image_links(self, collection_id: int, catalog: str) -> dict[str, int]:
         """ref -> image id of the images the products of ``catalog`` use."""
-        with self.engine.connect() as conn:
+        with self.db.connect() as conn:
             rows = conn.execute(select(product_images.c.ref, product_images.c.image_id)
                                 .join(products, products.c.id == product_images.c.product_id)
                                 .where(products.c.collection_id == collection_id, products.c.catalog == catalog,

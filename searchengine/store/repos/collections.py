@@ -24,7 +24,7 @@ class CollectionsRepo(Repository):
     """The ``collections`` and ``roots`` tables."""
 
     def get_collection(self, name: str) -> CollectionRecord | None:
-        with self.engine.connect() as conn:
+        with self.db.connect() as conn:
             row = conn.execute(select(collections).where(collections.c.name == name)).mappings().first()
         return CollectionRecord(**row) if row else None
 
@@ -37,13 +37,13 @@ class CollectionsRepo(Repository):
         return rec
 
     def list_collections(self) -> list[str]:
-        with self.engine.connect() as conn:
+        with self.db.connect() as conn:
             return list(conn.execute(select(collections.c.name).order_by(collections.c.name)).scalars())
 
     def create_collection(self, name: str, model_spec: str, dim: int, fingerprint: bytes,
                           fingerprint_id: str, index_factory: str) -> CollectionRecord:
         """The new collection, or the one another process created meanwhile with the same model."""
-        with self.engine.begin() as conn:
+        with self.db.begin() as conn:
             conn.execute(insert_or(conn, collections, ["name"]).values(
                 name=name, model_spec=model_spec, dim=dim, fingerprint=fingerprint,
                 fingerprint_id=fingerprint_id, index_factory=index_factory, index_note="",
@@ -67,19 +67,19 @@ class CollectionsRepo(Repository):
         self._set(collection_id, index_factory=factory)
 
     def _set(self, collection_id: int, **values: object) -> None:
-        with self.engine.begin() as conn:
+        with self.db.begin() as conn:
             conn.execute(update(collections).where(collections.c.id == collection_id).values(**values))
 
     def current_seq(self, collection_id: int) -> int:
         """The highest sequence number written so far (0 for none)."""
-        with self.engine.connect() as conn:
+        with self.db.connect() as conn:
             return int(conn.execute(select(collections.c.next_seq).where(collections.c.id == collection_id)).scalar_one()) - 1
 
     # -- roots ------------------------------------------------------------------------------
     def add_roots(self, collection_id: int, paths: Iterable[str]) -> None:
         """Record folders (or single files) this collection's images come from; known ones are kept."""
         new = outermost(os.path.abspath(p) for p in paths)
-        with self.engine.begin() as conn:
+        with self.db.begin() as conn:
             have = set(conn.execute(select(roots.c.path).where(roots.c.collection_id == collection_id)).scalars())
             todo = [p for p in new if p not in have and p in outermost(have | {p})]  # not inside a known root
             if todo:  # one added meanwhile by another process is kept
@@ -88,7 +88,7 @@ class CollectionsRepo(Repository):
                              [dict(collection_id=collection_id, path=p, added_at=now) for p in todo])
 
     def roots(self, collection_id: int) -> list[str]:
-        with self.engine.connect() as conn:
+        with self.db.connect() as conn:
             return sorted(conn.execute(select(roots.c.path).where(roots.c.collection_id == collection_id)).scalars())
 
 
@@ -103,16 +103,16 @@ class WriterLocks:
     connection of its own. Other databases live in one data directory, whose lock file
     (:mod:`searchengine.locks`) is the lock."""
 
-    def __init__(self, engine: Database) -> None:
-        self._engine = engine
+    def __init__(self, db: Database) -> None:
+        self._db = db
         self._held: dict[str, Connection] = {}
 
     def lock(self, collection: str) -> bool:
         """Take the collection's lock until :meth:`unlock` (the server drops it if the process dies).
         False when another session holds it; True without PostgreSQL."""
-        if self._engine.dialect.name != "postgresql" or collection in self._held:
+        if self._db.dialect.name != "postgresql" or collection in self._held:
             return True
-        conn = self._engine.raw_connect()
+        conn = self._db.raw_connect()
         try:
             got = bool(conn.execute(select(func.pg_try_advisory_lock(_writer_key(collection)))).scalar())
             conn.commit()  # the session lock outlives the transaction; the connection is not left in one

@@ -33,14 +33,14 @@ class ImagesRepo(Repository):
     """The ``images`` and ``file_errors`` tables."""
 
     def count_images(self, collection_id: int) -> int:
-        with self.engine.connect() as conn:
+        with self.db.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(images)
                                     .where(images.c.collection_id == collection_id)).scalar_one())
 
     def images_by_ids(self, collection_id: int, ids: Iterable[int]) -> dict[int, ImageRecord]:
         id_list = [int(i) for i in ids]
         out: dict[int, ImageRecord] = {}
-        with self.engine.connect() as conn:
+        with self.db.connect() as conn:
             for chunk in chunks(id_list, 900):
                 rows = conn.execute(select(*IMAGE_COLS).where(
                     ids_in(images, collection_id, chunk)))
@@ -48,7 +48,7 @@ class ImagesRepo(Repository):
         return out
 
     def image_by_path(self, collection_id: int, path: str) -> ImageRecord | None:
-        with self.engine.connect() as conn:
+        with self.db.connect() as conn:
             row = conn.execute(select(*IMAGE_COLS).where(
                 images.c.collection_id == collection_id, images.c.path == path)).first()
         return ImageRecord(**row._mapping) if row else None
@@ -56,7 +56,7 @@ class ImagesRepo(Repository):
     def images_at(self, collection_id: int, paths: Iterable[str]) -> list[ImageRecord]:
         """Rows at exactly these paths."""
         out: list[ImageRecord] = []
-        with self.engine.connect() as conn:
+        with self.db.connect() as conn:
             for chunk in chunks(sorted(set(paths)), 900):
                 rows = conn.execute(select(*IMAGE_COLS).where(images.c.collection_id == collection_id,
                                                               images.c.path.in_(chunk)))
@@ -66,7 +66,7 @@ class ImagesRepo(Repository):
     def images_under(self, collection_id: int, roots: Sequence[str]) -> list[ImageRecord]:
         """Rows whose path is one of ``roots`` or lies below one of them."""
         out: list[ImageRecord] = []
-        with self.engine.connect() as conn:
+        with self.db.connect() as conn:
             for chunk in chunks(list(roots), 200):  # bounded expression depth for many roots
                 conds = []
                 for root in chunk:
@@ -77,27 +77,27 @@ class ImagesRepo(Repository):
         return out
 
     def all_images(self, collection_id: int) -> list[ImageRecord]:
-        with self.engine.connect() as conn:
+        with self.db.connect() as conn:
             rows = conn.execute(select(*IMAGE_COLS).where(images.c.collection_id == collection_id)
                                 .order_by(images.c.id))
             return [ImageRecord(**r._mapping) for r in rows]
 
     def hash_index(self, collection_id: int) -> list[tuple[str, int, str]]:
         """(content hash, id, path) of every row, in id order."""
-        with self.engine.connect() as conn:
+        with self.db.connect() as conn:
             rows = conn.execute(select(images.c.content_hash, images.c.id, images.c.path)
                                 .where(images.c.collection_id == collection_id).order_by(images.c.id))
             return [(h, int(i), p) for h, i, p in rows]
 
     def ocr_hashes(self, collection_id: int) -> frozenset[str]:
         """Contents whose text has been read (OCR), even if none was found."""
-        with self.engine.connect() as conn:
+        with self.db.connect() as conn:
             return frozenset(conn.execute(select(images.c.content_hash).where(
                 images.c.collection_id == collection_id, images.c.ocr_text.is_not(None))).scalars())
 
     def claim_for_folder(self, ids: Sequence[int]) -> None:
         """Rows a catalog brought in that a folder run also covers: no longer removed with their products."""
-        with self.engine.begin() as conn:
+        with self.db.begin() as conn:
             for chunk in chunks(list(ids), 900):
                 conn.execute(update(images).where(images.c.id.in_(chunk)).values(source="folder"))
 
@@ -114,7 +114,7 @@ class ImagesRepo(Repository):
         ``text_vectors`` maps :func:`~searchengine.hashing.text_hash` of each new caption to its vector.
         """
         now = time.time()
-        with self.engine.begin() as conn:
+        with self.db.begin() as conn:
             seq = next_seq(conn, collection_id)
             if removed:
                 keywords.remove(conn, list(removed))
@@ -140,7 +140,7 @@ class ImagesRepo(Repository):
 
     # -- errors ---------------------------------------------------------------------------
     def file_errors(self, collection_id: int, roots: Sequence[str] | None = None) -> list[FileErrorRecord]:
-        with self.engine.connect() as conn:
+        with self.db.connect() as conn:
             rows = conn.execute(select(file_errors.c.path, file_errors.c.error, file_errors.c.size, file_errors.c.mtime,
                                        file_errors.c.at).where(file_errors.c.collection_id == collection_id)
                                 .order_by(file_errors.c.path))
@@ -151,7 +151,7 @@ class ImagesRepo(Repository):
         return [e for e in recs if e.path in roots or e.path.startswith(prefixes)]
 
     def count_errors(self, collection_id: int) -> int:
-        with self.engine.connect() as conn:
+        with self.db.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(file_errors)
                                     .where(file_errors.c.collection_id == collection_id)).scalar_one())
 

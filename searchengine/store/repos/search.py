@@ -18,7 +18,7 @@ class SearchRepo(Repository):
 
     def filtered_ids(self, collection_id: int, condition: ColumnElement) -> np.ndarray:
         """Ids of the images that satisfy a condition built by :func:`~searchengine.store.filtersql.filter_condition`."""
-        with self.engine.connect() as conn:
+        with self.db.connect() as conn:
             return np.fromiter(conn.execute(select(images.c.id).where(
                 images.c.collection_id == collection_id, condition)).scalars(), dtype=np.int64)
 
@@ -29,5 +29,5 @@ class SearchRepo(Repository):
         if condition is not None:
             def allowed(key: ColumnElement) -> ColumnElement:
                 return key.in_(select(images.c.id).where(images.c.collection_id == collection_id, condition))
-        with self.engine.connect() as conn:
+        with self.db.connect() as conn:
             return keywords.search(conn, collection_id, query, limit, allowed)

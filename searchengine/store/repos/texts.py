@@ -26,7 +26,7 @@ class TextsRepo(Repository):
         """Stored vectors of texts already encoded, by :func:`~searchengine.hashing.text_hash` (each text is
         encoded once)."""
         out: dict[str, np.ndarray] = {}
-        with self.engine.connect() as conn:
+        with self.db.connect() as conn:
             dim = collection_dim(conn, collection_id)
             for chunk in chunks(sorted(set(hashes)), 900):
                 for h, blob in conn.execute(select(texts.c.text_hash, texts.c.vector).where(
@@ -36,7 +36,7 @@ class TextsRepo(Repository):
 
     def texts_by_ids(self, collection_id: int, ids: Iterable[int]) -> dict[int, TextRecord]:
         out: dict[int, TextRecord] = {}
-        with self.engine.connect() as conn:
+        with self.db.connect() as conn:
             for chunk in chunks([int(i) for i in ids], 900):
                 for r in conn.execute(select(texts.c.id, texts.c.field, texts.c.text, texts.c.image_id,
                                              texts.c.product_id).where(ids_in(texts, collection_id, chunk))):
@@ -44,7 +44,7 @@ class TextsRepo(Repository):
         return out
 
     def count_texts(self, collection_id: int) -> int:
-        with self.engine.connect() as conn:
+        with self.db.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(texts)
                                     .where(texts.c.collection_id == collection_id)).scalar_one())
 
@@ -52,7 +52,7 @@ class TextsRepo(Repository):
     def generated_texts(self, task: str, model: str, question: str, hashes: Iterable[str]) -> dict[str, str]:
         """Cached model outputs by content hash (see the ``generated`` table)."""
         out: dict[str, str] = {}
-        with self.engine.connect() as conn:
+        with self.db.connect() as conn:
             for chunk in chunks(sorted(set(hashes)), 900):
                 out.update(conn.execute(select(generated.c.content_hash, generated.c.text).where(
                     generated.c.task == task, generated.c.model == model, generated.c.question == question,
@@ -61,7 +61,7 @@ class TextsRepo(Repository):
 
     def put_generated(self, task: str, model: str, question: str, items: Mapping[str, str]) -> None:
         now = time.time()
-        with self.engine.begin() as conn:
+        with self.db.begin() as conn:
             upsert = insert_or(conn, generated, ["content_hash", "task", "model", "question"], ["text", "created_at"])
             for chunk in chunks(sorted(items), 900):
                 conn.execute(upsert, [dict(content_hash=h, task=task, model=model, question=question,
@@ -70,7 +70,7 @@ class TextsRepo(Repository):
     def set_caption_model(self, collection_id: int, model: str | None) -> None:
         """The model whose captions are the collection's searchable generated text; another model
         replaces them (they are generated again)."""
-        with self.engine.begin() as conn:
+        with self.db.begin() as conn:
             old = conn.execute(select(collections.c.caption_model).where(collections.c.id == collection_id)).scalar()
             if old == model:
                 return
@@ -84,7 +84,7 @@ class TextsRepo(Repository):
         """Images that have no searchable generated caption yet."""
         has = select(texts.c.image_id).where(texts.c.collection_id == collection_id, texts.c.field == "generated",
                                              texts.c.image_id.is_not(None))
-        with self.engine.connect() as conn:
+        with self.db.connect() as conn:
             rows = conn.execute(select(*IMAGE_COLS).where(images.c.collection_id == collection_id,
                                                           images.c.id.not_in(has)).order_by(images.c.id))
             return [ImageRecord(**r._mapping) for r in rows]
@@ -93,7 +93,7 @@ class TextsRepo(Repository):
                         vectors: Mapping[str, np.ndarray]) -> None:
         """Make these generated captions searchable: text rows with vectors (``vectors`` by
         :func:`~searchengine.hashing.text_hash`), and the images' keyword documents."""
-        with self.engine.begin() as conn:
+        with self.db.begin() as conn:
             seq = next_seq(conn, collection_id)
             live = set()
             for chunk in chunks(sorted(captions), 900):  # images removed meanwhile are skipped
@@ -104,7 +104,7 @@ class TextsRepo(Repository):
 
     def replace_tags(self, collection_id: int, rows: Sequence[tuple[int, str, float]]) -> None:
         """Replace the collection's zero-shot tags with ``(image id, label, probability)`` rows."""
-        with self.engine.begin() as conn:
+        with self.db.begin() as conn:
             old = [int(i) for i in conn.execute(select(tags.c.image_id).where(
                 tags.c.collection_id == collection_id).distinct()).scalars()]
             conn.execute(delete(tags).where(tags.c.collection_id == collection_id))

@@ -36,7 +36,7 @@ class VectorsRepo(Repository):
     def _vector_blobs(self, collection_id: int, ids: Sequence[int], kind: VectorKind) -> dict[int, bytes]:
         table = VECTOR_TABLES[kind]
         blobs: dict[int, bytes] = {}
-        with self.engine.connect() as conn:
+        with self.db.connect() as conn:
             for chunk in chunks([int(i) for i in ids], 900):
                 for i, v in conn.execute(select(table.c.id, table.c.vector).where(
                         ids_in(table, collection_id, chunk))):
@@ -50,7 +50,7 @@ class VectorsRepo(Repository):
         dim = self._dim(collection_id)
         last = 0
         while True:
-            with self.engine.connect() as conn:
+            with self.db.connect() as conn:
                 rows = conn.execute(select(table.c.id, table.c.vector).where(
                     table.c.collection_id == collection_id, table.c.seq > min_seq, table.c.id > last,
                 ).order_by(table.c.id).limit(chunk)).all()
@@ -69,23 +69,23 @@ class VectorsRepo(Repository):
     def ids_newer_than(self, collection_id: int, seq: int, kind: VectorKind = "images") -> np.ndarray:
         """Ids of rows written after sequence number ``seq``."""
         table = VECTOR_TABLES[kind]
-        with self.engine.connect() as conn:
+        with self.db.connect() as conn:
             return np.fromiter(conn.execute(select(table.c.id).where(
                 table.c.collection_id == collection_id, table.c.seq > seq)).scalars(), dtype=np.int64)
 
     def count_live(self, collection_id: int, kind: VectorKind = "images") -> int:
         """How many rows of ``kind`` the collection has (each one vector in its index)."""
         table = VECTOR_TABLES[kind]
-        with self.engine.connect() as conn:
+        with self.db.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(table)
                                     .where(table.c.collection_id == collection_id)).scalar_one())
 
     def live_ids(self, collection_id: int, kind: VectorKind = "images") -> np.ndarray:
         table = VECTOR_TABLES[kind]
-        with self.engine.connect() as conn:
+        with self.db.connect() as conn:
             return np.fromiter(conn.execute(select(table.c.id).where(table.c.collection_id == collection_id)).scalars(),
                                dtype=np.int64)
 
     def _dim(self, collection_id: int) -> int:
-        with self.engine.connect() as conn:
+        with self.db.connect() as conn:
             return collection_dim(conn, collection_id)
