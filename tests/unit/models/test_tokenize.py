@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
 import subprocess
@@ -150,7 +151,7 @@ def test_vocab_path_is_open_clips():
 def test_clip_equals_open_clip(clip_tok, corpus, context_length):
     import open_clip
 
-    tok = ClipBpeTokenizer(clip_tok.tokenizer, context_length)
+    tok = ClipBpeTokenizer(clip_tok.merges, context_length)
     ours = tok(corpus)
     ref = open_clip.tokenize(corpus, context_length=context_length).numpy()
     assert ours.dtype == np.int64 and ours.shape == ref.shape == (len(corpus), context_length)
@@ -165,24 +166,24 @@ def test_clip_special_tokens_and_edges(clip_tok):
     sot, eot = clip_tok.sot_id, clip_tok.eot_id
     assert (sot, eot) == (49406, 49407)
     assert list(ids[0, :3]) == [sot, eot, 0]
-    a, b = clip_tok.tokenizer.token_to_id("a</w>"), clip_tok.tokenizer.token_to_id("b</w>")
+    a, b = 256 + ord("a") - ord("!"), 256 + ord("b") - ord("!")  # open_clip's ids of "a</w>", "b</w>"
     assert list(ids[1, :6]) == [sot, a, eot, b, eot, 0]  # the literal special is one token
     assert (ids[2] == sot).sum() == 1  # after '!' it is punctuation, as in open_clip's pattern
     assert clip_tok([]).shape == (0, 77)
 
 
 def test_clip_save_load_round_trip(clip_tok, corpus, tmp_path):
-    folder = ClipBpeTokenizer(clip_tok.tokenizer, 32).save(tmp_path / "clip")
-    assert sorted(p.name for p in folder.iterdir()) == sorted(["tokenizer.json", SETTINGS])
+    folder = ClipBpeTokenizer(clip_tok.merges, 32).save(tmp_path / "clip")
+    assert sorted(p.name for p in folder.iterdir()) == sorted([ClipBpeTokenizer.MERGES, SETTINGS])
     back = ClipBpeTokenizer.load(folder)
     assert back.context_length == 32
-    assert (back(corpus) == ClipBpeTokenizer(clip_tok.tokenizer, 32)(corpus)).all()
+    assert (back(corpus) == ClipBpeTokenizer(clip_tok.merges, 32)(corpus)).all()
     assert isinstance(load_tokenizer(folder), ClipBpeTokenizer)
     with pytest.raises(ModelLoadError):
         WordPieceTokenizer.load(folder)  # the kind is checked
 
 
-def test_bad_inputs_raise(tmp_path):
+def test_bad_inputs_raise(tmp_path, clip_tok, minilm_folder):
     with pytest.raises(ModelLoadError):
         ClipBpeTokenizer.load(tmp_path)
     with pytest.raises(ModelLoadError):
@@ -190,10 +191,22 @@ def test_bad_inputs_raise(tmp_path):
     (tmp_path / "v.txt.gz").write_bytes(b"not gzip")
     with pytest.raises(ModelLoadError):
         ClipBpeTokenizer.from_vocab(tmp_path / "v.txt.gz")
-    (tmp_path / "tokenizer.json").write_text("{}")
-    (tmp_path / SETTINGS).write_text(json.dumps({"format": 1, "kind": "clip-bpe", "context_length": 77}))
+    lines = ["#version: 0.2", *clip_tok.merges]
+    lines[5] = lines[4]  # two merges making one token: open_clip's ids would skip one
+    (tmp_path / "dup.txt.gz").write_bytes(gzip.compress("\n".join(lines).encode()))
+    with pytest.raises(ModelLoadError, match="same token"):
+        ClipBpeTokenizer.from_vocab(tmp_path / "dup.txt.gz")
+    folder = clip_tok.save(tmp_path / "clip")
+    (folder / ClipBpeTokenizer.MERGES).write_text("\n".join(clip_tok.merges[:-1]), encoding="utf-8")
+    with pytest.raises(ModelLoadError, match="merges"):
+        ClipBpeTokenizer.load(folder)
+    folder = WordPieceTokenizer.from_hf_folder(minilm_folder).save(tmp_path / "wp")
+    (folder / "tokenizer.json").write_text("{}")
     with pytest.raises(ModelLoadError):
-        ClipBpeTokenizer.load(tmp_path)
+        WordPieceTokenizer.load(folder)
+    (folder / SETTINGS).write_text(json.dumps({"format": 1, "kind": "other"}))
+    with pytest.raises(ModelLoadError, match="unknown tokenizer kind"):
+        load_tokenizer(folder)
 
 
 def _lite_batches(corpus: list[str]) -> list[list[str]]:
@@ -248,7 +261,8 @@ def test_query_path_loads_no_torch(clip_tok, minilm_folder, tmp_path):
     texts = ["a flower", "Café 🐶 &amp; 日本", "it's <end_of_text>!"]
     code = (
         "import json, sys\n"
-        "from searchengine.models.tokenize import load_tokenizer\n"
+        "from searchengine.models.tokenize import load_tokenizer, open_clip_vocab_path\n"
+        "vocab = str(open_clip_vocab_path())\n"
         f"texts = {texts!r}\n"
         f"clip_tok, wp_tok = load_tokenizer({str(tmp_path / 'clip')!r}), load_tokenizer({str(tmp_path / 'wp')!r})\n"
         "plain = clip_tok(['a flower', 'The DOG\\'s bed, 2 cats!']).tolist()\n"
@@ -256,11 +270,12 @@ def test_query_path_loads_no_torch(clip_tok, minilm_folder, tmp_path):
         "clip, wp = clip_tok(texts), wp_tok(texts)\n"
         "heavy = sorted(m for m in ('torch', 'open_clip', 'transformers', 'timm') if m in sys.modules)\n"
         "print(json.dumps({'heavy': heavy, 'ftfy': ftfy_for_plain, 'plain': plain, 'clip': clip.tolist(),\n"
-        "                  'wp': wp['input_ids'].tolist()}))\n"
+        "                  'wp': wp['input_ids'].tolist(), 'vocab': vocab}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     got = json.loads(out.stdout)
     assert got["heavy"] == [] and got["ftfy"] is False  # ftfy only for text it could change
+    assert got["vocab"] == str(open_clip_vocab_path())  # found without importing open_clip
     assert got["plain"] == open_clip.tokenize(["a flower", "The DOG's bed, 2 cats!"]).numpy().tolist()
     assert got["clip"] == open_clip.tokenize(texts).numpy().tolist()
     assert got["wp"] == WordPieceTokenizer.from_hf_folder(minilm_folder)(texts)["input_ids"].tolist()
