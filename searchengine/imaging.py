@@ -28,7 +28,7 @@ import stat
 import struct
 import warnings
 import zlib
-from typing import BinaryIO, Union
+from typing import BinaryIO, Callable, TypeVar, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -36,6 +36,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from searchengine.errors import ImageDecodeError
 
 __all__ = [
+    "check_image",
     "ALLOWED_FORMATS",
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
@@ -159,7 +160,28 @@ def safe_open(
     return _decode(source, max_pixels, draft_size)
 
 
+_T = TypeVar("_T")
+
+
+def check_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """The (width, height) a file's header declares, or ImageDecodeError when it is not an image of an
+    allowed format within ``max_pixels``: a cheap check (no pixel is decoded) to run before a model
+    loads. :func:`safe_open` still decodes it fully, and may still find the data truncated."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return _opened(io.BytesIO(source), max_pixels, lambda image: image.size)
+    if isinstance(source, (str, os.PathLike)):
+        with open_regular(source) as fp:
+            return _opened(fp, max_pixels, lambda image: image.size)
+    return _opened(source, max_pixels, lambda image: image.size)
+
+
 def _decode(fp: BinaryIO, max_pixels: int, draft_size: int | None) -> Image.Image:
+    return _opened(fp, max_pixels, lambda image: _loaded(image, draft_size))
+
+
+def _opened(fp: BinaryIO, max_pixels: int, then: Callable[[Image.Image], _T]) -> _T:
+    """Open ``fp`` as an image of an allowed format, check its declared size, and return ``then(image)``;
+    every failure becomes ImageDecodeError."""
     try:
         fp.seek(0)
     except (AttributeError, OSError):  # a pipe or socket: Pillow needs to seek
@@ -178,21 +200,26 @@ def _decode(fp: BinaryIO, max_pixels: int, draft_size: int | None) -> Image.Imag
                     f"image too large: {width}x{height} pixels exceeds the "
                     f"{max_pixels:,} pixel limit"
                 )
-            if draft_size is not None and image.format in _DRAFT_FORMATS:
-                image.draft("RGB", (draft_size, draft_size))
-            image.load()  # first frame only; raises on truncated data
+            return then(image)
         except UnidentifiedImageError as exc:
             raise ImageDecodeError("not an image (or an unsupported format)") from exc
         except Image.DecompressionBombError as exc:
             raise ImageDecodeError(f"image too large: {exc}") from exc
         except _DECODE_ERRORS as exc:
             raise ImageDecodeError(f"cannot decode image: {exc}") from exc
-        drafted = image.size
-        _apply_exif_orientation(image)
-        rgb = to_rgb(image)
-        # the file's own size (as displayed), even when a draft decoded it smaller
-        rgb.info["original_size"] = (height, width) if image.size != drafted else (width, height)
-        return rgb
+
+
+def _loaded(image: Image.Image, draft_size: int | None) -> Image.Image:
+    width, height = image.size
+    if draft_size is not None and image.format in _DRAFT_FORMATS:
+        image.draft("RGB", (draft_size, draft_size))
+    image.load()  # first frame only; raises on truncated data
+    drafted = image.size
+    _apply_exif_orientation(image)
+    rgb = to_rgb(image)
+    # the file's own size (as displayed), even when a draft decoded it smaller
+    rgb.info["original_size"] = (height, width) if image.size != drafted else (width, height)
+    return rgb
 
 
 def _apply_exif_orientation(image: Image.Image) -> None:

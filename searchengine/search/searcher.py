@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import ImageDecodeError, QueryError
 from ..filters import FilterSpec, as_filter
-from ..imaging import safe_open, to_rgb
+from ..imaging import check_image, safe_open, to_rgb
 from ..index.maintenance import Indexes
 from ..query import parse_query
 from ..store import CollectionRecord, Store, filter_condition
@@ -60,6 +60,7 @@ class Searcher:
     def image_vector(self, image: ImageQuery) -> np.ndarray:
         from PIL import Image
 
+        self.check_image(image)
         encoder = self._encoder()
         if isinstance(image, Image.Image):
             pil = to_rgb(image)  # as the indexer sees pixels: alpha over white, any mode
@@ -69,6 +70,16 @@ class Searcher:
             except ImageDecodeError as exc:
                 raise QueryError(f"cannot read the query image: {exc}") from exc
         return encoder.encode_images([pil])[0]
+
+    def check_image(self, image: ImageQuery) -> None:
+        """Read a query image's header before any model loads: a file that is no image costs no load."""
+        from PIL import Image
+
+        if not isinstance(image, Image.Image):
+            try:
+                check_image(image, max_pixels=self.max_pixels)
+            except ImageDecodeError as exc:
+                raise QueryError(f"cannot read the query image: {exc}") from exc
 
     def embed_query(self, query: str) -> np.ndarray:
         """The vector of a composed query (see :mod:`searchengine.query`), L2-normalised."""
@@ -91,6 +102,10 @@ class Searcher:
         if mode != "vector" and not words.strip():
             raise QueryError(f"{mode} search needs words: give a text query")
         if mode == "keyword":
+            return words, None
+        if image is not None:
+            self.check_image(image)
+        if self.indexes.images.ntotal == 0:  # nothing to rank: no model needs to load
             return words, None
         if query is not None:
             return words, self.embed_query(query)
@@ -121,7 +136,7 @@ class Searcher:
         n = max(16, 4 * k) if mode == "vector" else max(100, 4 * k)  # fusion needs deep lists from both sides
         while True:
             index = self.indexes.images
-            vec_ranked = vector_ranking(self.store, cid, index, qvec, n, allowed) if mode != "keyword" else []
+            vec_ranked = vector_ranking(self.store, cid, index, qvec, n, allowed) if qvec is not None else []
             kw_ranked = self.store.keyword_search(cid, words, n, condition) if mode != "vector" else []
             exhausted = len(vec_ranked) < n and len(kw_ranked) < n
             ranked = {"vector": vec_ranked, "keyword": kw_ranked}.get(mode) or fuse(
@@ -145,6 +160,12 @@ class Searcher:
             raise QueryError("k must be at least 1")
         if sum(x is not None for x in (text, image, vector)) != 1:
             raise QueryError("give one of a text, an image or a vector")
+        if text is not None and not text.strip():
+            raise QueryError("empty text query")
+        if image is not None:
+            self.check_image(image)
+        if self.indexes.texts.ntotal == 0:  # no captions or titles: no model needs to load
+            return []
         qvec = (self.text_vector(text) if text is not None else self.image_vector(image) if image is not None
                 else normalized(np.asarray(vector, np.float32)))
         cid = self.collection.id

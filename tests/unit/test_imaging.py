@@ -29,7 +29,7 @@ def _assert_rgb(image: Image.Image, size: tuple[int, int]) -> None:
 def test_public_api() -> None:
     assert set(imaging.__all__) == {
         "ALLOWED_FORMATS", "DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageSource",
-        "allowed_formats", "image_extensions", "open_regular", "safe_open", "to_rgb",
+        "allowed_formats", "check_image", "image_extensions", "open_regular", "safe_open", "to_rgb",
     }
     assert {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"} == set(
         imaging.IMAGE_EXTENSIONS
