@@ -102,11 +102,16 @@ def default_threads() -> int:
     return max(1, min(cpus, 8))
 
 
-def make_session(path: Path | str, threads: int | None = None) -> Any:
-    """A CPU ``InferenceSession`` of an already optimised graph: optimisation off, one inter-op thread."""
+def make_session(path: Path | str, threads: int | None = None, prepack: bool = True) -> Any:
+    """A CPU ``InferenceSession`` of an already optimised graph: optimisation off, one inter-op thread.
+
+    ``prepack=False`` skips re-laying the weights out for the matrix kernels when the session is
+    created: a session made for one query is ready sooner, and each later run is a little slower."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if not prepack:
+        options.add_session_config_entry("session.disable_prepacking", "1")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.intra_op_num_threads = threads or default_threads()
     options.inter_op_num_threads = 1
@@ -144,15 +149,16 @@ class OnnxTower:
 
     @classmethod
     def load(cls, folder: Path | str, tower: str, *, fingerprint: str | None = None, dim: int | None = None,
-             threads: int | None = None, deep: bool = False) -> "OnnxTower":
+             threads: int | None = None, deep: bool = False, prepack: bool = True) -> "OnnxTower":
         """The ``tower`` (``text`` or ``image``) of the export in ``folder``; :class:`ModelLoadError` when
-        the export is incomplete, damaged, stale (``fingerprint``, ``dim``) or from another onnxruntime."""
+        the export is incomplete, damaged, stale (``fingerprint``, ``dim``) or from another onnxruntime.
+        ``prepack``: see :func:`make_session` (False for a process that encodes one query and exits)."""
         if tower not in TOWERS:
             raise ValueError(f"unknown tower {tower!r}: one of {', '.join(TOWERS)}")
         meta = read_meta(folder, fingerprint=fingerprint, dim=dim, towers=(tower,))
         _same_runtime(meta)
         path = check_files(folder, meta, tower, deep=deep)
-        return cls(tower, make_session(path, threads), meta)
+        return cls(tower, make_session(path, threads, prepack), meta)
 
     # -- text ----------------------------------------------------------------------------
     def encode_tokens(self, ids: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:

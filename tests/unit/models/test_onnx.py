@@ -58,6 +58,8 @@ def test_tiny_towers_match_torch_on_new_inputs(tiny, tiny_export):
         assert _cos(got, tiny.encode_texts(batch)).min() >= 0.9999
     for batch in (_images(tiny.image_size, 5), _images(tiny.image_size, 1, seed=9)):
         assert _cos(image.encode_images(batch), tiny.encode_pixels(batch)).min() >= 0.9999
+    one_shot = OnnxTower.load(folder, "text", prepack=False, threads=1)  # a session for one query
+    assert _cos(one_shot.encode_tokens(tiny.tokenizer(TEXTS).numpy()), tiny.encode_texts(TEXTS)).min() >= 0.9999
     assert text.encode_tokens(np.zeros((0, 16), np.int64)).shape == (0, tiny.dim)
     with pytest.raises(ValueError, match="16 ids"):
         text.encode_tokens(np.zeros((1, 8), np.int64))
