@@ -7,6 +7,8 @@ module owns that layout and the reading side: :func:`read_meta` checks the meta 
 expects (model fingerprint, dimension), :meth:`OnnxTower.load` creates a CPU session with graph
 optimisation off (the saved graph is optimised already, so creating the session is little more than
 mapping the weights), and the tower encodes token ids or pixels to float32 ``(n, d)`` L2-normalised rows.
+The few helpers that put a finished folder in place (:func:`install_export`, :func:`keep_towers`,
+:func:`remove_stale_exports`) are here too, next to the layout they write.
 
 It never imports torch, open_clip, transformers or timm: a text query through it pays for numpy and
 onnxruntime only. Every refusal is a :class:`~searchengine.errors.ModelLoadError` (the caller falls
@@ -236,6 +238,8 @@ def keep_towers(folder: Path, tmp: Path, meta: dict[str, Any], exported: Sequenc
             for name in old["towers"][tower]["files"]:
                 link_or_copy(folder / name, tmp / name)
         except (ModelLoadError, OSError):
+            for name in old["towers"][tower]["files"]:
+                (tmp / name).unlink(missing_ok=True)
             continue
         meta["towers"][tower] = old["towers"][tower]
         kept.append(tower)
