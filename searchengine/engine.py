@@ -21,7 +21,8 @@ from .index import BaseIndex, BuildStats, VectorIndex, normalize_factory
 from .index.maintenance import Indexes
 from .locks import WriterLock
 from .models import clip
-from .models.loaded import LoadedModels
+from .models.loaded import LoadedModels, check_fingerprint
+from .models.query_text import QUERY_MODEL_DIR, export_query_text
 from .models.registry import canonical_spec
 from .search.duplicates import near_duplicates
 from .search.hits import Hit, TextHit, by_date, hydrate
@@ -87,7 +88,9 @@ class SearchEngine:
         except BaseException:
             self._release_writer()
             raise
-        self.searcher = Searcher(store, self.indexes, lambda: self.encoder, settings.max_pixels)
+        self.searcher = Searcher(store, self.indexes, lambda: self.encoder, settings.max_pixels,
+                                 lambda: self._models.text_encoder(self.collection, settings.collection_dir,
+                                                                   settings.device, settings.precision))
         self._generation = self._stamp(self.collection)
         self._checked_at = time.monotonic()
 
@@ -258,6 +261,15 @@ class SearchEngine:
         inverted file such as ``IVF65536,PQ32``; see :mod:`searchengine.index.ondisk`). ``sample``: training
         vectors; ``shard_size``: vectors per shard before the merge. Returns the image vectors indexed."""
         return self.indexes.build_ondisk(factory, sample=sample, shard_size=shard_size)
+
+    def export_model(self) -> dict[str, Any]:
+        """Export the collection model's text tower and tokenizer (verified against torch) so that text
+        queries run on ONNX Runtime without torch; returns the export's meta. The model is loaded in
+        fp32 on the CPU and must match the collection's fingerprint."""
+        encoder = clip.load_encoder(self.collection.model_spec, "cpu", "fp32")
+        check_fingerprint(encoder, self.collection)
+        return export_query_text(encoder, self.settings.collection_dir / QUERY_MODEL_DIR,
+                                 self.collection.fingerprint_id)
 
     def set_ocr(self, ocr: bool) -> None:
         """Record whether indexing reads the text inside images (sticky per collection)."""

@@ -49,6 +49,7 @@ def build_app() -> typer.Typer:
     cli.command()(search.duplicates)
     cli.command("rebuild-index")(index.rebuild_index)
     cli.command("build-index")(index.build_index)
+    cli.command("export-model")(index.export_model)
     cli.command()(train.train)
     eval_app = typer.Typer(help=evaluate.EVAL_HELP, no_args_is_help=True, rich_markup_mode=None)
     eval_app.command("retrieval")(evaluate.eval_retrieval)

@@ -38,7 +38,7 @@ from .options import (
 )
 from .stages import caption_collection
 
-__all__ = ["index", "import_", "remove", "rebuild_index", "build_index"]
+__all__ = ["index", "import_", "remove", "rebuild_index", "build_index", "export_model"]
 
 Paths = Annotated[list[Path], typer.Argument(help="Folders (searched recursively) or image files.", show_default=False)]
 NewModel = Annotated[Optional[str], typer.Option(
@@ -263,3 +263,25 @@ def build_index(
                        f"{stats.shards} shards, merge {stats.merge_s:.1f} s, nprobe {stats.nprobe} "
                        f"(recall@10 {stats.recall_at_10:.3f} of exact)")
         typer.echo(st.index_note if st.index_storage == "in memory" else st.index_storage)
+
+
+def export_model(
+    collection: Collection = "default", data_dir: DataDir = None, db: Db = None, json_out: Json = False,
+    verbose: Verbose = False,
+) -> None:
+    """Export the collection model's text tower (ONNX, verified against torch) and its tokenizer into the
+    collection's folder, so that text searches load no torch and answer in well under a second.
+
+    Example: searchengine export-model -c photos
+    """
+    setup_logging(verbose)
+    with handle_errors():
+        with open_engine(collection, data_dir, db, "cpu") as engine:
+            meta = engine.export_model()
+        text = meta["towers"]["text"]
+        if json_out:
+            echo_json({"collection": collection, "spec": meta["spec"], "fingerprint": meta["fingerprint"],
+                       "dim": meta["dim"], "min_cosine": text["min_cosine"]})
+        else:
+            typer.echo(f"Exported the text tower of {meta['spec']} ({meta['dim']} dimensions, cosine "
+                       f"{text['min_cosine']:.6f} to torch): text searches of {collection!r} now run on ONNX Runtime.")

@@ -4,19 +4,24 @@ one process share it, so each model loads once."""
 
 from __future__ import annotations
 
+import logging
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from ..errors import ModelMismatchError
+from ..errors import ModelLoadError, ModelMismatchError
 from . import clip
+from .query_text import QUERY_MODEL_DIR, OnnxTextEncoder
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..store import CollectionRecord
     from .clip import ClipEncoder
 
 __all__ = ["LoadedModels", "check_fingerprint"]
+
+log = logging.getLogger(__name__)
 
 
 class LoadedModels:
@@ -27,6 +32,7 @@ class LoadedModels:
         self.checked = False  # the encoder was compared with the collection's fingerprint
         self.lock = threading.RLock()  # threads (the HTTP server, its jobs) load each model once
         self._stages: dict[tuple[str, str], Any] = {}
+        self._text: Any = None  # what encodes text queries: an OnnxTextEncoder, or the encoder
 
     def stage(self, task: str, spec: str, load: Callable[[], Any]) -> Any:
         """The model of ``task`` named ``spec``, loaded with ``load()`` the first time."""
@@ -47,6 +53,22 @@ class LoadedModels:
                 check_fingerprint(self.encoder, rec)
                 self.checked = True
             return self.encoder
+
+
+    def text_encoder(self, rec: "CollectionRecord", collection_dir: Path, device: str, precision: str) -> Any:
+        """What encodes text queries: the collection's exported text tower on ONNX Runtime (no torch;
+        ``searchengine export-model``) on a CPU, else the dual encoder itself (one log line says why)."""
+        if self._text is not None:
+            return self._text
+        with self.lock:
+            if self._text is None and self.encoder is None and device in ("auto", "cpu"):
+                try:
+                    self._text = OnnxTextEncoder.load(collection_dir / QUERY_MODEL_DIR, rec.fingerprint_id, rec.dim)
+                except ModelLoadError as exc:
+                    log.info("text queries run on torch: %s", exc)
+            if self._text is None:
+                self._text = self.checked_encoder(rec, device, precision)
+            return self._text
 
 
 def check_fingerprint(encoder: "ClipEncoder", rec: "CollectionRecord") -> None:

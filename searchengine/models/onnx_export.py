@@ -85,8 +85,9 @@ class ExportReport:
 
 
 def export_towers(encoder: ClipEncoder, folder: Path, towers: Sequence[str] = rt.TOWERS, *, opset: int = OPSET,
-                  min_cosine: float = MIN_COSINE) -> ExportReport:
+                  min_cosine: float = MIN_COSINE, fingerprint: str | None = None) -> ExportReport:
     """Export, verify and install ``towers`` of an fp32 ``encoder`` into ``folder`` (replaced whole).
+    ``fingerprint``: the id to record (a collection's, once its probe was matched); default the encoder's.
 
     Towers of an earlier export of the same model (same fingerprint and onnxruntime) that are not
     exported again are kept. :class:`ModelLoadError` when a tower cannot be exported or misses
@@ -104,7 +105,7 @@ def export_towers(encoder: ClipEncoder, folder: Path, towers: Sequence[str] = rt
     folder.parent.mkdir(parents=True, exist_ok=True)
     rt.remove_stale_exports(folder)
     with torch.inference_mode():
-        fingerprint = fingerprint_id(encoder.probe())
+        fingerprint = fingerprint or fingerprint_id(encoder.probe())
     lite = _is_lite(encoder.model)
     meta: dict[str, Any] = {
         "format": rt.FORMAT, "spec": encoder.spec, "fingerprint": fingerprint, "dim": int(encoder.dim),

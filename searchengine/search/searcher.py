@@ -4,7 +4,7 @@ vector, rank by the index and/or keywords under filters, and join the hits throu
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, BinaryIO, Callable, Literal, Union
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Literal, Union
 
 import numpy as np
 
@@ -41,10 +41,13 @@ class Searcher:
     """Runs one collection's searches over its store rows and indexes; the model is asked for only
     when a query needs a vector."""
 
-    def __init__(self, store: Store, indexes: Indexes, encoder: Callable[[], "ClipEncoder"], max_pixels: int) -> None:
+    def __init__(self, store: Store, indexes: Indexes, encoder: Callable[[], "ClipEncoder"], max_pixels: int,
+                 text_encoder: Callable[[], Any] | None = None) -> None:
         self.store = store
         self.indexes = indexes
         self._encoder = encoder
+        #: what encodes text queries (a torch-free exported text tower when there is one)
+        self._text_encoder = text_encoder or encoder
         self.max_pixels = max_pixels
 
     @property
@@ -55,7 +58,7 @@ class Searcher:
     def text_vector(self, text: str) -> np.ndarray:
         if not text or not text.strip():
             raise QueryError("empty text query")
-        return self._encoder().encode_texts([text.strip()])[0]
+        return self._text_encoder().encode_texts([text.strip()])[0]
 
     def image_vector(self, image: ImageQuery) -> np.ndarray:
         from PIL import Image

@@ -55,7 +55,7 @@ def _encoder(model: str, work: Path):
 
     if model == "tiny":
         sys.path.insert(0, str(ROOT))
-        from tests.tinymodel import make_tiny_model
+        from tests.support.tinymodel import make_tiny_model
 
         return load_encoder(make_tiny_model(work / "tiny"), "cpu", "fp32")
     import open_clip

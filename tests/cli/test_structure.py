@@ -11,7 +11,7 @@ import typer
 
 from searchengine.cli import app
 
-COMMANDS = ["index", "import", "search", "status", "duplicates", "rebuild-index", "build-index", "train",
+COMMANDS = ["index", "import", "search", "status", "duplicates", "rebuild-index", "build-index", "export-model", "train",
             "caption", "ask", "classify", "tag", "serve", "remove", "eval"]
 MODULES = ["options", "index", "search", "stages", "train", "evaluate", "serve"]
 
