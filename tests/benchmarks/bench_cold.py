@@ -55,6 +55,7 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.benchmarks import coldkit  # noqa: E402
+from tests.benchmarks.bench_ingest import _cpu_name  # noqa: E402
 from tests.benchmarks.coldkit import BenchError, Run, measure  # noqa: E402
 
 COLLECTION = "bench"
@@ -324,16 +325,6 @@ def _ratios(raw) -> dict:
             "index_images_per_s": ratio(i["rclip"]["wall_median_s"], i["searchengine"]["wall_median_s"]),
             "index_peak_pss": ratio(i["searchengine"]["tree_pss_mb_median"], i["rclip"]["tree_pss_mb_median"]),
             "index_peak_rss_largest": ratio(i["searchengine"]["maxrss_mb_median"], i["rclip"]["maxrss_mb_median"])}
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _git_head() -> str | None:
