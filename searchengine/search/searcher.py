@@ -106,9 +106,9 @@ class Searcher:
             raise QueryError(f"{mode} search needs words: give a text query")
         if mode == "keyword":
             return words, None
-        if image is not None:
-            self.check_image(image)
         if self.indexes.images.ntotal == 0:  # nothing to rank: no model needs to load
+            if image is not None:
+                self.check_image(image)  # a bad query image is still said (image_vector checks it otherwise)
             return words, None
         if query is not None:
             return words, self.embed_query(query)
@@ -165,9 +165,9 @@ class Searcher:
             raise QueryError("give one of a text, an image or a vector")
         if text is not None and not text.strip():
             raise QueryError("empty text query")
-        if image is not None:
-            self.check_image(image)
         if self.indexes.texts.ntotal == 0:  # no captions or titles: no model needs to load
+            if image is not None:
+                self.check_image(image)  # a bad query image is still said (image_vector checks it otherwise)
             return []
         qvec = (self.text_vector(text) if text is not None else self.image_vector(image) if image is not None
                 else normalized(np.asarray(vector, np.float32)))
