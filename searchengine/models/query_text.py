@@ -51,9 +51,8 @@ class OnnxTextEncoder:
         towers = folder / TOWERS_DIR
         if not (towers / "meta.json").is_file() or not (folder / TOKENIZER_DIR).is_dir():
             raise ModelLoadError(f"no exported text tower in {folder} (run `searchengine export-model`)")
-        meta = read_meta(towers, fingerprint=fingerprint, dim=dim, towers=("text",))
         tower = OnnxTower.load(towers, "text", fingerprint=fingerprint, dim=dim, prepack=False)
-        return cls(tower, load_tokenizer(folder / TOKENIZER_DIR), str(meta.get("spec", "")))
+        return cls(tower, load_tokenizer(folder / TOKENIZER_DIR), str(tower.meta.get("spec", "")))
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """float32 ``(n, d)``, L2-normalised, as the torch encoder gives them."""
