@@ -209,7 +209,7 @@ class SearchEngine:
             if not force and now - self._checked_at < (self.refresh_every or 0):
                 return False  # another thread checked meanwhile
             self._checked_at = now
-            rec = self.store.get_collection(self.collection.name)
+            rec = self.stored_record()
             if rec is None or self._stamp(rec) == self._generation:
                 return False
             index = self.indexes.reload(rec)
